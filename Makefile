@@ -1,0 +1,61 @@
+# virality-caffe: a Caffe reproduction of Dubey & Agarwal, "Deep Convolutional
+# Networks for Modeling Image Virality". `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Debian's Python: the interpreter Debian's Boost.Python (and so pycaffe) is built for.
+PYTHON_BASE ?= /usr/bin/python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+ENGINE      := .engine
+# Engine build settings (engine/build_caffe.sh documents them).
+CUDA          ?= 0
+CUDA_ARCH_BIN ?= 90
+BLAS          ?= open
+export CUDA CUDA_ARCH_BIN BLAS
+
+MODEL   ?= tiny_pvcnn
+DATASET ?= synthetic
+WEIGHTS ?=
+GPU     ?=
+
+.PHONY: help sysdeps venv caffe env nets test test-all demo train clean-env
+
+help:
+	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
+	@echo "make test     all tests (installs everything first)"
+	@echo "make caffe    build BVLC Caffe into ~/.cache/virality-caffe (CUDA=1 for a GPU build)"
+	@echo "make venv     the Python environment .venv from requirements.txt"
+	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
+	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
+
+sysdeps:
+	@bash engine/install_system_deps.sh
+
+$(VENV)/.requirements: requirements.txt | sysdeps
+	@test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	@cp requirements.txt $@
+
+venv: $(VENV)/.requirements
+
+# The engine build is cached by content (sources, patches, flags, numpy): a no-op when nothing changed.
+caffe: venv
+	@bash engine/build_caffe.sh --python $(PY) --link $(ENGINE)
+	@bash engine/link_env.sh $(VENV) $(ENGINE)
+
+env: caffe
+
+nets: env
+	$(PY) tools/make_nets.py
+
+test: env
+	$(PY) -m pytest -q tests
+
+train: env
+	@test -f solvers/$(MODEL).prototxt || { echo "no solver solvers/$(MODEL).prototxt; models: $$(ls solvers | sed 's/.prototxt//' | tr '\n' ' ')"; exit 2; }
+	@mkdir -p models/$(MODEL)
+	$(VENV)/bin/caffe train -solver solvers/$(MODEL).prototxt $(if $(WEIGHTS),-weights $(WEIGHTS)) $(if $(GPU),-gpu $(GPU))
+
+clean-env:
+	rm -rf $(VENV) $(ENGINE)

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Build BVLC Caffe 1.0 (Debian's source package, pinned and verified) into a
+# per-user cache keyed by everything that affects the result, and link it into
+# the project. One recipe for `make caffe`, `make caffe CUDA=1` and the Dockerfile.
+#
+# Usage: engine/build_caffe.sh --python PATH [--link DIR]
+#
+# Settings (environment, all optional):
+#   CUDA=0|1          CPU_ONLY build (default 0) or a CUDA build.
+#   CUDA_ARCH_BIN     CUDA compute capabilities, e.g. "90" or "52 61" (default "90").
+#   USE_CUDNN=0|1     cuDNN (default 0; this Caffe supports cuDNN <= 7 only).
+#   CUDA_LIBS=wheels|toolkit
+#                     Where cuBLAS/cuRAND come from: NVIDIA's PyPI wheels
+#                     (default; our machines have nvcc but no CUDA libraries)
+#                     or the CUDA toolkit itself (a CUDA base image).
+#   BLAS=open         BLAS Caffe links (Debian's OpenBLAS). See docs/ENGINE.md.
+#   JOBS              Parallel compile jobs (default: nproc).
+#   CAFFE_CACHE_DIR   Cache root (default ${XDG_CACHE_HOME:-~/.cache}/virality-caffe).
+#
+# The engine lands in $CAFFE_CACHE_DIR/engine-<key>/ (bin/, lib/, include/,
+# lib/python3/dist-packages/caffe) and is marked complete only after a full
+# install; the --link DIR symlink is switched to it atomically. A second run with
+# the same key does nothing but re-link.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+CAFFE_VERSION="1.0.0+git20180821.99bd997-8"
+DSC="caffe_${CAFFE_VERSION}.dsc"
+
+PYTHON=""
+LINK=""
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --python) PYTHON="$2"; shift 2 ;;
+        --link) LINK="$2"; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        *) echo "build_caffe.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+[[ -n "$PYTHON" ]] || { echo "build_caffe.sh: --python PATH is required (the venv's python)" >&2; exit 2; }
+[[ -x "$PYTHON" ]] || { echo "build_caffe.sh: python '$PYTHON' is not executable; run 'make venv' first" >&2; exit 2; }
+# Absolute, but not resolved: the venv's python symlink is what finds the venv's numpy.
+PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
+
+CUDA="${CUDA:-0}"
+CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-90}"
+USE_CUDNN="${USE_CUDNN:-0}"
+CUDA_LIBS="${CUDA_LIBS:-wheels}"
+BLAS="${BLAS:-open}"
+JOBS="${JOBS:-$(nproc)}"
+CACHE_ROOT="${CAFFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/virality-caffe}"
+
+log() { echo "engine: $*"; }
+die() { echo "engine: error: $*" >&2; exit 1; }
+
+case "$BLAS" in
+    open) ;;
+    *) die "BLAS='$BLAS' is not supported; use BLAS=open (see docs/ENGINE.md)" ;;
+esac
+
+# ---- the cache key: sources, patches, this script, flags, toolchain versions ----
+py_info="$("$PYTHON" -c 'import sys, numpy; print(sys.version.split()[0], numpy.__version__)')" \
+    || die "'$PYTHON' cannot import numpy; run 'make venv' first"
+py_minor="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+cuda_info="none"
+if [[ "$CUDA" == "1" ]]; then
+    command -v nvcc >/dev/null || die "CUDA=1 but nvcc is not on PATH"
+    cuda_info="$(nvcc --version | tail -1) arch=$CUDA_ARCH_BIN cudnn=$USE_CUDNN libs=$CUDA_LIBS"
+fi
+key="$({
+    cat "$HERE/SHA256SUMS"
+    cat "$HERE"/patches/*.patch
+    cat "$HERE/build_caffe.sh" "$HERE/cuda_wheels.txt"
+    echo "CUDA=$CUDA BLAS=$BLAS python/numpy=$py_info cuda=$cuda_info"
+    cmake --version | head -1
+    g++ --version | head -1
+} | sha256sum | cut -c1-16)"
+PREFIX="$CACHE_ROOT/engine-$key"
+
+link_engine() {
+    [[ -n "$LINK" ]] || return 0
+    ln -sfn "$PREFIX" "$LINK.tmp.$$"
+    mv -T "$LINK.tmp.$$" "$LINK"
+    log "linked $LINK -> $PREFIX"
+}
+
+if [[ -f "$PREFIX/.complete" ]]; then
+    log "up to date (cached build $PREFIX)"
+    link_engine
+    exit 0
+fi
+
+log "building Caffe $CAFFE_VERSION (CUDA=$CUDA, BLAS=$BLAS, python/numpy $py_info)"
+log "cache key $key; this takes about 8 minutes on 2 cores (CPU build)"
+mkdir -p "$CACHE_ROOT/downloads"
+
+# ---- fetch and verify the Debian source package ----
+sums_ok() { (cd "$CACHE_ROOT/downloads" && sha256sum --quiet -c "$HERE/SHA256SUMS" >/dev/null 2>&1); }
+if ! sums_ok; then
+    command -v apt-get >/dev/null || die "apt-get not found; put the files named in $HERE/SHA256SUMS into $CACHE_ROOT/downloads"
+    if ! apt-cache showsrc caffe 2>/dev/null | grep -qx "Version: $CAFFE_VERSION"; then
+        die "apt does not know the source package caffe=$CAFFE_VERSION; run 'make sysdeps' (adds the Debian 11 deb-src entry and runs apt-get update)"
+    fi
+    dl="$(mktemp -d "$CACHE_ROOT/downloads.tmp.XXXXXX")"
+    log "downloading the source package with apt-get source"
+    (cd "$dl" && apt-get source --download-only -q "caffe=$CAFFE_VERSION" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    if ! (cd "$dl" && sha256sum -c "$HERE/SHA256SUMS"); then
+        rm -rf "$dl"
+        die "downloaded files do not match engine/SHA256SUMS; refusing to build"
+    fi
+    mv -f "$dl"/caffe_* "$CACHE_ROOT/downloads/"
+    rm -rf "$dl"
+fi
+sums_ok || die "source files in $CACHE_ROOT/downloads do not match engine/SHA256SUMS"
+log "source package verified against engine/SHA256SUMS"
+
+# ---- unpack (Debian's patches applied), apply ours ----
+WORK="$(mktemp -d "$CACHE_ROOT/build-$key.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+dpkg-source --no-check -x "$CACHE_ROOT/downloads/$DSC" "$WORK/src" >/dev/null
+for patch in "$HERE"/patches/*.patch; do
+    log "applying $(basename "$patch")"
+    patch -d "$WORK/src" -p1 --forward --quiet < "$patch"
+done
+
+# ---- configure ----
+cmake_args=(
+    -DCMAKE_BUILD_TYPE=Release
+    -DCMAKE_INSTALL_PREFIX="$PREFIX"
+    # python_version selects Boost.Python's component name (boost_python311).
+    -DBUILD_python=ON -DBUILD_python_layer=ON "-Dpython_version=$py_minor"
+    -DPYTHON_EXECUTABLE="$PYTHON"
+    -DUSE_LMDB=ON -DUSE_LEVELDB=OFF -DUSE_OPENCV=ON
+    -DBUILD_docs=OFF -DBUILD_matlab=OFF -DUSE_NCCL=OFF
+)
+case "$BLAS" in
+    open) cmake_args+=(-DBLAS=Open) ;;
+esac
+
+if [[ "$CUDA" == "1" ]]; then
+    cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX=)
+    if [[ "$USE_CUDNN" == "1" ]]; then cmake_args+=(-DUSE_CUDNN=ON); else cmake_args+=(-DUSE_CUDNN=OFF); fi
+    if [[ "$CUDA_LIBS" == "wheels" ]]; then
+        # cuBLAS and cuRAND from NVIDIA's PyPI wheels (pinned in cuda_wheels.txt).
+        wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum "$HERE/cuda_wheels.txt" | cut -c1-12)"
+        log "installing cuBLAS/cuRAND wheels into $wheels"
+        if [[ ! -f "$wheels/.complete" ]]; then
+            rm -rf "$wheels"
+            "$PYTHON" -m pip install -q --target "$wheels" -r "$HERE/cuda_wheels.txt"
+            touch "$wheels/.complete"
+        fi
+        inc="$(ls -d "$wheels"/nvidia/cu*/include | head -1)"
+        lib="$(ls -d "$wheels"/nvidia/cu*/lib | head -1)"
+        cublas="$(ls "$lib"/libcublas.so* | head -1)"
+        curand="$(ls "$lib"/libcurand.so* | head -1)"
+        [[ -f "$cublas" && -f "$curand" ]] || die "cuBLAS/cuRAND libraries not found under $lib"
+        cmake_args+=(
+            "-DCUDA_CUBLAS_LIBRARIES=$cublas" "-DCUDA_cublas_LIBRARY=$cublas"
+            "-DCUDA_curand_LIBRARY=$curand"
+            "-DCMAKE_CXX_FLAGS=-isystem $inc"
+            "-DCUDA_NVCC_FLAGS=-isystem;$inc"
+            "-DCMAKE_INSTALL_RPATH=$PREFIX/lib;$lib"
+        )
+    fi
+else
+    cmake_args+=(-DCPU_ONLY=ON)
+fi
+
+mkdir -p "$WORK/build"
+log "configuring"
+(cd "$WORK/build" && cmake "${cmake_args[@]}" ../src > cmake.log 2>&1) \
+    || { tail -40 "$WORK/build/cmake.log" >&2; die "cmake failed (log above)"; }
+
+# ---- build and install ----
+log "compiling with $JOBS jobs (log: quiet unless it fails)"
+rm -rf "$PREFIX"
+if ! (cd "$WORK/build" && make -j"$JOBS" > make.log 2>&1 && make install > install.log 2>&1); then
+    grep -n -B2 -A8 -E 'error|Error' "$WORK/build/make.log" | tail -60 >&2 || tail -60 "$WORK/build/make.log" >&2
+    die "the Caffe build failed (errors above)"
+fi
+
+# The caffe binary embeds Debian's Python: record what it was built with.
+{
+    echo "caffe_version=$CAFFE_VERSION"
+    echo "key=$key"
+    echo "cuda=$CUDA blas=$BLAS"
+    echo "python_numpy=$py_info"
+    echo "cuda_info=$cuda_info"
+    echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+} > "$PREFIX/build-info.txt"
+touch "$PREFIX/.complete"
+log "installed into $PREFIX"
+link_engine

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Install the system packages listed in engine/apt-packages.txt and register the
+# deb-src entry that `apt-get source` needs to fetch Caffe's Debian source package.
+#
+# Idempotent: when every package is installed and the source entry exists it
+# returns at once without touching apt. Runs apt as root, or through sudo.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PKG_LIST="$HERE/apt-packages.txt"
+SRC_LIST=/etc/apt/sources.list.d/virality-caffe-bullseye-src.sources
+
+mapfile -t packages < <(grep -v '^\s*#' "$PKG_LIST" | sed '/^\s*$/d')
+
+missing=()
+for pkg in "${packages[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 && -f "$SRC_LIST" ]]; then
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "error: apt-get not found. This project installs its system packages with apt" >&2
+    echo "(Debian 12 / Ubuntu 22.04 or newer). Install the packages in $PKG_LIST by hand." >&2
+    exit 1
+fi
+
+if [[ "$(id -u)" -eq 0 ]]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    SUDO=(sudo)
+else
+    echo "error: installing system packages needs root. Run 'sudo make sysdeps' once," >&2
+    echo "or install these packages yourself: ${missing[*]:-(none)}" >&2
+    echo "and create $SRC_LIST with a Debian 11 (bullseye) deb-src entry (see engine/README.md)." >&2
+    exit 1
+fi
+
+if [[ ! -f "$SRC_LIST" ]]; then
+    echo "engine: adding the Debian 11 (bullseye) source entry $SRC_LIST (for apt-get source caffe)"
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    "${SUDO[@]}" tee "$SRC_LIST" >/dev/null <<SOURCES
+# Added by virality-caffe (engine/install_system_deps.sh): Caffe's source package
+# comes from Debian 11; nothing is installed from this entry, sources only.
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bullseye
+Components: main
+Signed-By: $keyring
+SOURCES
+fi
+
+echo "engine: installing system packages: ${missing[*]:-(none missing)}"
+"${SUDO[@]}" apt-get update -q
+if [[ ${#missing[@]} -gt 0 ]]; then
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,86 @@
+"""Caffe layer for the paper's pairwise ranking loss (Eqs. 1-4); math in virality.ranking.
+
+    layer {
+      name: "loss" type: "Python"
+      bottom: "score" bottom: "score_p" bottom: "label"
+      top: "loss" top: "accuracy"          # the second top is optional
+      python_param { module: "python_layers.ranking_loss" layer: "RankingLoss"
+                     param_str: '{"lambda": 0.001, "epsilon": 0.01, "normalize": false}' }
+      loss_weight: 1 loss_weight: 0        # Python layers have no default loss weight
+    }
+"""
+import numpy as np
+
+import caffe
+from virality.layer_params import LayerConfigError, parse_param_str
+from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA, LossConfig, pairwise_accuracy, ranking_loss
+
+LAYER = "RankingLoss (python_layers.ranking_loss)"
+
+
+class RankingLoss(caffe.Layer):
+    """E_p = sum_batch (E_c + lambda * E_r) for scores f1, f2 of image pairs.
+
+    Bottoms: f1 (N or N x 1), f2 (same), y (N or N x 1) with y = +1 when I1 is the
+    more viral image and -1 when I2 is. Top 0: the loss, a scalar. Optional top 1:
+    the batch's pairwise accuracy (f1 > f2 agrees with y; ties count half).
+
+    param_str (JSON; every key optional, unknown keys are an error):
+      lambda    (float, default 0.001): weight of E_r, the paper's lambda (Sec. 3).
+      epsilon   (float, default 0.01):  E_r = 1 / ((f2 - f1)^2 + epsilon); bounds the
+                                        singularity at f1 = f2 (docs/LOSS.md). > 0.
+      normalize (bool, default false):  false sums over the batch (Eq. 1); true
+                                        divides the loss and gradients by N.
+      e.g. '{"lambda": 0.001, "epsilon": 0.01}'
+
+    Gradients are scaled by top[0].diff (loss_weight) and written only to the
+    bottoms whose propagate_down is set; the label's diff is never written.
+    """
+
+    SCHEMA = {
+        "lambda": (DEFAULT_LAMBDA, float),
+        "epsilon": (DEFAULT_EPSILON, float),
+        "normalize": (False, bool),
+    }
+
+    def setup(self, bottom, top):
+        params = parse_param_str(LAYER, self.param_str, self.SCHEMA)
+        try:
+            self.config = LossConfig(lam=params["lambda"], epsilon=params["epsilon"],
+                                     normalize=params["normalize"])
+        except ValueError as err:
+            raise LayerConfigError(f"{LAYER}: {err}") from None
+        if len(bottom) != 3:
+            raise LayerConfigError(f"{LAYER}: needs 3 bottoms (f1, f2, y), got {len(bottom)}")
+        if len(top) not in (1, 2):
+            raise LayerConfigError(f"{LAYER}: needs 1 top (loss) or 2 (loss, accuracy), got {len(top)}")
+
+    def reshape(self, bottom, top):
+        n = bottom[0].shape[0] if bottom[0].shape else 0
+        for i, name in enumerate(("f1", "f2", "y")):
+            shape = tuple(bottom[i].shape)
+            if not shape or shape[0] != n or bottom[i].count != n:
+                raise LayerConfigError(
+                    f"{LAYER}: bottom {i} ({name}) must hold one value per pair, shape ({n},) or "
+                    f"({n}, 1); got {shape} (f1 has {n} pairs)")
+        top[0].reshape()
+        if len(top) == 2:
+            top[1].reshape()
+        self._result = None
+
+    def forward(self, bottom, top):
+        try:
+            self._result = ranking_loss(bottom[0].data, bottom[1].data, bottom[2].data, self.config)
+        except ValueError as err:
+            raise LayerConfigError(f"{LAYER}: bottom 2 (y): {err}") from None
+        top[0].data[...] = self._result.loss
+        if len(top) == 2:
+            top[1].data[...] = pairwise_accuracy(bottom[0].data, bottom[1].data, bottom[2].data)
+
+    def backward(self, top, propagate_down, bottom):
+        scale = float(np.asarray(top[0].diff).reshape(-1)[0])
+        if propagate_down[0]:
+            bottom[0].diff[...] = (scale * self._result.grad_f1).reshape(bottom[0].diff.shape)
+        if propagate_down[1]:
+            bottom[1].diff[...] = (scale * self._result.grad_f2).reshape(bottom[1].diff.shape)
+        # bottom[2] is the label: it has no gradient and its diff is left untouched.

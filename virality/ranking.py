@@ -1,0 +1,123 @@
+"""The paper's pairwise ranking loss (Dubey & Agarwal 2016, Sec. 2.3, Eqs. 1-4), in numpy.
+
+For a pair (I1, I2) with scores f1 = f_r(I1), f2 = f_r(I2) and label y (+1 when I1
+is the more viral image, -1 when I2 is):
+
+    g1 = exp(f1) / (exp(f1) + exp(f2)),  g2 = 1 - g1          (Eq. 4)
+    E_c = max(0, y * (g2 - g1))^2                              (Eq. 2)
+    E_r = 1 / (f2 - f1)^2                                      (Eq. 3)
+    E_p = sum over the batch of (E_c + lambda * E_r)           (Eq. 1)
+
+Numerics. With d = f1 - f2, g1 = sigmoid(d) = (1 + tanh(d/2)) / 2, so
+g2 - g1 = -tanh(d/2): no exponential is ever formed and nothing overflows for
+any finite score. E_r is singular at f1 = f2, exactly where a freshly initialised
+net starts; we use E_r = 1 / ((f2 - f1)^2 + epsilon) with a documented
+``epsilon`` > 0 (docs/LOSS.md). It changes E_r by less than epsilon relative
+wherever |f2 - f1| >= 1, bounds lambda * E_r by lambda / epsilon, and bounds its
+gradient by lambda * (9/8) * sqrt(epsilon/3) / epsilon^2.
+
+Everything is computed in float64 and returned as float64; callers cast.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Eq. 1's weight of the regularisation term (Sec. 3: "lambda = 0.001").
+DEFAULT_LAMBDA = 0.001
+#: Bound of the E_r singularity at f1 = f2 (our decision, docs/LOSS.md).
+DEFAULT_EPSILON = 0.01
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Configuration of the ranking loss.
+
+    lam:       weight of E_r in Eq. 1 (the paper's lambda), >= 0.
+    epsilon:   E_r = 1 / ((f2 - f1)^2 + epsilon), > 0.
+    normalize: False sums over the batch (the paper's Eq. 1); True divides by N.
+    """
+
+    lam: float = DEFAULT_LAMBDA
+    epsilon: float = DEFAULT_EPSILON
+    normalize: bool = False
+
+    def __post_init__(self):
+        if not np.isfinite(self.lam) or self.lam < 0:
+            raise ValueError(f"lambda must be a finite number >= 0, got {self.lam!r}")
+        if not np.isfinite(self.epsilon) or self.epsilon <= 0:
+            raise ValueError(
+                f"epsilon must be a finite number > 0 (it bounds E_r = 1/((f2-f1)^2 + epsilon) "
+                f"at f1 = f2), got {self.epsilon!r}")
+
+
+@dataclass(frozen=True)
+class LossResult:
+    """Loss value and its gradients with respect to f1 and f2 (both shape (N,))."""
+
+    loss: float
+    grad_f1: np.ndarray
+    grad_f2: np.ndarray
+    e_c: np.ndarray
+    e_r: np.ndarray
+
+
+def check_labels(y):
+    """Return y as a float64 vector; raise ValueError unless every label is +1 or -1."""
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    bad = ~((y == 1.0) | (y == -1.0))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"labels must be +1 (I1 more viral) or -1 (I2 more viral); "
+            f"{int(bad.sum())} of {y.size} are not, e.g. y[{first}] = {y[first]!r}")
+    return y
+
+
+def ranking_loss(f1, f2, y, config=LossConfig()):
+    """E_p of Eq. 1 and its gradients for scores f1, f2 and labels y (all length N)."""
+    f1 = np.asarray(f1, dtype=np.float64).reshape(-1)
+    f2 = np.asarray(f2, dtype=np.float64).reshape(-1)
+    y = check_labels(y)
+    if not (f1.size == f2.size == y.size):
+        raise ValueError(f"f1, f2 and y must have the same length, got {f1.size}, {f2.size}, {y.size}")
+
+    d = f1 - f2
+    t = np.tanh(0.5 * d)                 # g1 - g2 (Eq. 4)
+    hinge = np.maximum(0.0, -y * t)      # max(0, y (g2 - g1))
+    e_c = hinge * hinge                  # Eq. 2
+    denom = d * d + config.epsilon
+    e_r = 1.0 / denom                    # Eq. 3, bounded at d = 0
+
+    # dE_c/dd = 2 hinge * (-y) * d(tanh(d/2))/dd = -y * hinge * (1 - t^2)
+    de_c = -y * hinge * (1.0 - t * t)
+    # dE_r/dd = -2 d / (d^2 + epsilon)^2
+    de_r = -2.0 * d / (denom * denom)
+    grad_d = de_c + config.lam * de_r
+
+    loss = float(np.sum(e_c + config.lam * e_r))
+    if config.normalize and y.size:
+        loss /= y.size
+        grad_d = grad_d / y.size
+    return LossResult(loss=loss, grad_f1=grad_d, grad_f2=-grad_d, e_c=e_c, e_r=e_r)
+
+
+def pair_probability(f1, f2):
+    """P(I1 more viral than I2) = g1 of Eq. 4, computed without overflow."""
+    d = np.asarray(f1, dtype=np.float64) - np.asarray(f2, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * d))
+
+
+def pairwise_accuracy(f1, f2, y):
+    """Share of pairs whose predicted order agrees with y.
+
+    The prediction for a pair is "I1 is more viral" iff f1 > f2 and "I2" iff
+    f1 < f2. A tie (f1 == f2) predicts neither order and counts as half right,
+    the expected accuracy of breaking it at random. Empty input gives NaN.
+    """
+    f1 = np.asarray(f1, dtype=np.float64).reshape(-1)
+    f2 = np.asarray(f2, dtype=np.float64).reshape(-1)
+    y = check_labels(y)
+    if y.size == 0:
+        return float("nan")
+    agree = np.sign(f1 - f2) * y
+    return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
