@@ -9,6 +9,7 @@ Outputs (under --out, default the repo root):
     prototxt/<model>/train_val.prototxt
     prototxt/<model>/deploy.prototxt
     solvers/<model>.prototxt
+    models/<model>/.gitkeep       (Caffe needs the snapshot directory to exist)
 
 The committed files are generated with the defaults; tests regenerate them and
 fail on any difference. Never edit a generated file by hand.
@@ -52,6 +53,11 @@ def generate(model, out, feed, overrides):
     }
     for path, text in files.items():
         write_text(path, text)
+    # Caffe aborts when the snapshot directory is missing, so each model's directory
+    # exists in every clone (an empty, committed placeholder; snapshots are git-ignored).
+    keep = out / f"models/{model}/.gitkeep"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    keep.touch()
     return data_cfg, list(files)
 
 

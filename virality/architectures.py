@@ -25,6 +25,7 @@ class Architecture:
     image_size: int          # side of the stored (resized) image
     crop_size: int           # side of the network input
     mean_bgr: tuple          # per-channel mean subtracted from BGR pixels in [0, 255]
+    input_scale: float       # multiplies (pixel - mean); 1 for Model Zoo nets (their convention)
     feature_dim: int         # size of the fc7 features
     pretrained: tuple        # the Model Zoo layers a pretrained tower takes ('' when none)
     build: object = field(repr=False, compare=False)
@@ -168,11 +169,11 @@ _VGG19_LAYERS = tuple(f"conv{b}_{i}" for b, c, _ in _VGG19_BLOCKS for i in range
 
 ARCHITECTURES = {
     "alexnet": Architecture("alexnet", image_size=256, crop_size=227, mean_bgr=ALEXNET_MEAN_BGR,
-                            feature_dim=4096, pretrained=_ALEXNET_LAYERS, build=alexnet_tower),
+                            input_scale=1.0, feature_dim=4096, pretrained=_ALEXNET_LAYERS, build=alexnet_tower),
     "vgg19": Architecture("vgg19", image_size=256, crop_size=224, mean_bgr=VGG_MEAN_BGR,
-                          feature_dim=4096, pretrained=_VGG19_LAYERS, build=vgg19_tower),
+                          input_scale=1.0, feature_dim=4096, pretrained=_VGG19_LAYERS, build=vgg19_tower),
     "tiny": Architecture("tiny", image_size=36, crop_size=32, mean_bgr=(128.0, 128.0, 128.0),
-                         feature_dim=64, pretrained=(), build=tiny_tower),
+                         input_scale=1.0 / 128, feature_dim=64, pretrained=(), build=tiny_tower),
 }
 
 #: Layers of every architecture that hold learnable parameters (conv/fc, no fc8).

@@ -13,8 +13,8 @@ arch in alexnet, vgg19, tiny.
 - Topic-CNN (Sec. 2.5): the tower plus ``fc8_topic``, a softmax classifier of the
   image's topic; it is fine-tuned first and then frozen inside TPVCNN.
 
-Deploy nets are one tower: input blob ``data`` (N x 3 x crop x crop, BGR, mean
-subtracted: see ``Architecture.mean_bgr`` and docs/MODEL.md), output blob
+Deploy nets are one tower: input blob ``data`` (N x 3 x crop x crop, BGR,
+(pixel - mean) * scale: see ``Architecture.mean_bgr``/``input_scale`` and docs/MODEL.md), output blob
 ``score`` (f_r) for ranking models and ``prob`` (topic probabilities) for
 Topic-CNNs.
 
@@ -99,6 +99,14 @@ def _mean_values(arch, copies):
     return [float(v) for v in arch.mean_bgr] * copies
 
 
+def _transform(arch, train, copies):
+    """Caffe's DataTransformer: random crop + mirror in TRAIN, centre crop in TEST, (x - mean) * scale."""
+    params = dict(crop_size=arch.crop_size, mirror=train, mean_value=_mean_values(arch, copies))
+    if arch.input_scale != 1.0:
+        params["scale"] = arch.input_scale
+    return params
+
+
 def _include(phase):
     return dict(phase=phase)
 
@@ -109,8 +117,7 @@ def _pair_lmdb_layer(arch, data_cfg, phase):
     return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
                   source=data_cfg.pair_lmdb("train" if train else "test"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
-                  transform_param=dict(crop_size=arch.crop_size, mirror=train,
-                                       mean_value=_mean_values(arch, 2)))
+                  transform_param=_transform(arch, train, copies=2))
 
 
 def _pair_index_layer(arch, data_cfg, phase):
@@ -119,7 +126,7 @@ def _pair_index_layer(arch, data_cfg, phase):
     params = dict(image_store=data_cfg.image_store(arch.image_size),
                   pairs=data_cfg.pair_index("train" if train else "test"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
-                  crop_size=arch.crop_size, mean=list(arch.mean_bgr), mirror=train,
+                  crop_size=arch.crop_size, mean=list(arch.mean_bgr), scale=arch.input_scale, mirror=train,
                   shuffle=train, seed=data_cfg.seed)
     return L.Python(ntop=3, include=_include(phase),
                     python_param=dict(module="python_layers.pair_data", layer="PairIndexData",
@@ -131,8 +138,7 @@ def _topic_lmdb_layer(arch, data_cfg, phase):
     return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
                   source=data_cfg.topic_lmdb("train" if train else "test"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
-                  transform_param=dict(crop_size=arch.crop_size, mirror=train,
-                                       mean_value=_mean_values(arch, 1)))
+                  transform_param=_transform(arch, train, copies=1))
 
 
 def _score(n, name, bottom):

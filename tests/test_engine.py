@@ -1,0 +1,80 @@
+"""The engine: pycaffe with Python layers, and Caffe's command-line tool, from .venv."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import caffe
+
+# A Python layer used by the nets below: doubles its input (forward) and its gradient (backward).
+DOUBLER = textwrap.dedent('''
+    import caffe
+
+    class Doubler(caffe.Layer):
+        def setup(self, bottom, top):
+            if len(bottom) != 1:
+                raise Exception("Doubler needs one bottom")
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+        def forward(self, bottom, top):
+            top[0].data[...] = 2 * bottom[0].data
+        def backward(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = 2 * top[0].diff
+''')
+
+NET = textwrap.dedent('''
+    name: "doubler_net"
+    force_backward: true
+    layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "double" type: "Python" bottom: "x" top: "y"
+            python_param { module: "doubler_layer" layer: "Doubler" } }
+    layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "x" top: "loss" }
+''')
+
+
+def test_python_is_the_venv_and_caffe_has_python_layers(root):
+    assert sys.prefix == str(root / ".venv"), "tests must run with .venv/bin/python"
+    assert "Python" in caffe.layer_type_list()
+
+
+def test_python_layer_forward_backward_in_pycaffe(tmp_path, monkeypatch):
+    (tmp_path / "doubler_layer.py").write_text(DOUBLER)
+    (tmp_path / "net.prototxt").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.blobs["x"].data[...] = x
+    out = net.forward()
+    np.testing.assert_allclose(net.blobs["y"].data, 2 * x)
+    # EuclideanLoss(y, x) = sum((2x - x)^2) / (2N) with N = 2
+    np.testing.assert_allclose(out["loss"], np.sum(x ** 2) / 4, rtol=1e-6)
+    net.backward()
+    # d loss / d x through both paths: (y - x)/N * 2 (via Doubler) - (y - x)/N (direct) = x / 2
+    np.testing.assert_allclose(net.blobs["x"].diff, x / 2, rtol=1e-6)
+
+
+def test_caffe_cli_answers_version(caffe_cli):
+    out = subprocess.run([str(caffe_cli), "--version"], capture_output=True, text=True, check=True)
+    assert "caffe version 1.0.0" in (out.stdout + out.stderr)
+
+
+def test_caffe_cli_runs_a_python_layer_forward_and_backward(tmp_path, caffe_cli):
+    (tmp_path / "doubler_layer.py").write_text(DOUBLER)
+    (tmp_path / "net.prototxt").write_text(NET)
+    env = {"PYTHONPATH": str(tmp_path), "GLOG_minloglevel": "0", "GLOG_logtostderr": "1",
+           "PATH": "/usr/bin:/bin"}
+    # `caffe time` runs forward and backward passes of the net.
+    out = subprocess.run([str(caffe_cli), "time", "-model", str(tmp_path / "net.prototxt"), "-iterations", "2"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    assert "double\tforward" in log and "double\tbackward" in log, log
+
+
+def test_project_packages_import_from_anywhere(tmp_path, root):
+    """The venv's .pth makes the project importable without PYTHONPATH, from any cwd."""
+    code = "import python_layers.ranking_loss, virality.nets; print('ok')"
+    out = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", code], cwd=tmp_path,
+                         capture_output=True, text=True, env={"GLOG_minloglevel": "2", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
