@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Train a model with pycaffe, adding what `caffe train` lacks (virality/training.py).
+
+    .venv/bin/python tools/train.py --model tiny_pvcnn
+    .venv/bin/python tools/train.py --model alexnet_pvcnn --weights models/pretrained/bvlc_alexnet.caffemodel \
+        --gpu 0 --lr-drops plateau
+    .venv/bin/python tools/train.py --model tiny_pvcnn --resume models/tiny_pvcnn/tiny_pvcnn_iter_500.solverstate
+
+Writes under --out (default models/<model>/): snapshots, train_log.csv, train_curves.png,
+solver.effective.prototxt. Exit status 3 when the loss became non-finite.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from virality.paths import ROOT
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model name, e.g. tiny_pvcnn (solvers/<model>.prototxt)")
+    p.add_argument("--solver", type=Path, help="solver file (default solvers/<model>.prototxt)")
+    p.add_argument("--weights", type=Path, action="append", default=[],
+                   help="caffemodel(s) to initialise from (repeatable)")
+    p.add_argument("--resume", type=Path, help="a .solverstate to continue from")
+    p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    p.add_argument("--lr-drops", choices=["steps", "plateau"], default="steps",
+                   help="steps: the solver's three fixed drops; plateau: drop x0.1 (at most 3 times) when "
+                        "validation accuracy stops improving (the paper's wording, Sec. 3)")
+    p.add_argument("--val-interval", type=int, default=0, help="iterations between validations (default: solver's)")
+    p.add_argument("--patience", type=int, default=3, help="plateau: validations without improvement before a drop")
+    p.add_argument("--max-iter", type=int, default=0, help="override the solver's max_iter")
+    p.add_argument("--snapshot-interval", type=int, default=0, help="override the solver's snapshot interval")
+    p.add_argument("--seed", type=int, default=1701, help="seed of numpy and Caffe")
+    p.add_argument("--out", type=Path, help="output directory (default models/<model>)")
+    p.add_argument("--workdir", type=Path, default=ROOT,
+                   help="directory the nets' relative data paths resolve from (default: repo root)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    workdir = args.workdir.resolve()
+    solver = (args.solver or workdir / "solvers" / f"{args.model}.prototxt").resolve()
+    if not solver.exists():
+        print(f"train: solver {solver} not found (see `make nets`)", file=sys.stderr)
+        return 2
+    out = (args.out or workdir / "models" / args.model).resolve()
+
+    import os
+    os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
+    from virality.plots import plot_training_curves, read_csv
+    from virality.training import NonFiniteLoss, TrainConfig, Trainer
+
+    config = TrainConfig(solver_path=solver, out_dir=out, workdir=workdir,
+                         weights=[w.resolve() for w in args.weights],
+                         resume=args.resume.resolve() if args.resume else None, gpu=args.gpu,
+                         lr_drops=args.lr_drops, val_interval=args.val_interval, patience=args.patience,
+                         max_iter=args.max_iter, snapshot_interval=args.snapshot_interval, seed=args.seed)
+    print(f"train: model={args.model} config={config}")
+    status = 0
+    try:
+        Trainer(config).run()
+    except NonFiniteLoss as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        status = 3
+    log = out / "train_log.csv"
+    if log.exists():
+        plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
+        print(f"train: log {log}, curves {out / 'train_curves.png'}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
