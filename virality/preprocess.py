@@ -1,28 +1,62 @@
-"""The one place images become network input for deploy nets (prediction, evaluation).
+"""The one place images become deploy-net input (prediction, evaluation, features).
 
-Training feeds apply the same recipe inside Caffe (transform_param) or the
-pair-index layer: resize to the architecture's ``image_size`` (the stored size),
-centre crop ``crop_size``, subtract the BGR mean, multiply by ``input_scale``,
-HWC -> CHW. Images are BGR uint8 as OpenCV reads them.
+Training feeds apply the same recipe inside Caffe (transform_param) or in the
+pair-index layer: the image store holds images resized to ``image_size``
+(virality.imagestore.resize_square); the net sees the centre ``crop_size`` crop
+(random crop + mirror in training), BGR, (pixel - mean_bgr) * scale, CHW.
 """
-import cv2
+from dataclasses import dataclass
+
 import numpy as np
 
-
-def resize_square(image_bgr, size):
-    """Resize to size x size (the image store's convention: plain resize, aspect not kept)."""
-    if image_bgr.shape[0] == size and image_bgr.shape[1] == size:
-        return image_bgr
-    return cv2.resize(image_bgr, (size, size), interpolation=cv2.INTER_AREA)
+from virality.imagestore import resize_square
 
 
-def to_input(images_bgr, arch):
-    """uint8 images (N, H, W, 3) of any size -> float32 (N, 3, crop, crop) network input."""
-    batch = np.empty((len(images_bgr), 3, arch.crop_size, arch.crop_size), dtype=np.float32)
-    offset = (arch.image_size - arch.crop_size) // 2
-    mean = np.asarray(arch.mean_bgr, dtype=np.float32)
+@dataclass(frozen=True)
+class InputSpec:
+    image_size: int
+    crop_size: int
+    mean_bgr: tuple
+    scale: float = 1.0
+
+    @classmethod
+    def of_architecture(cls, arch):
+        return cls(arch.image_size, arch.crop_size, tuple(arch.mean_bgr), arch.input_scale)
+
+    @classmethod
+    def of_release(cls, metadata):
+        inp = metadata["input"]
+        return cls(int(inp["image_size"]), int(inp["crop_size"]), tuple(inp["mean_bgr"]),
+                   float(inp.get("scale", 1.0)))
+
+
+def to_input(images_bgr, spec):
+    """uint8 BGR images (each H x W x 3, any size) -> float32 (N, 3, crop, crop)."""
+    batch = np.empty((len(images_bgr), 3, spec.crop_size, spec.crop_size), dtype=np.float32)
+    offset = (spec.image_size - spec.crop_size) // 2
+    mean = np.asarray(spec.mean_bgr, dtype=np.float32)
     for i, image in enumerate(images_bgr):
-        image = resize_square(np.asarray(image), arch.image_size)
-        crop = image[offset:offset + arch.crop_size, offset:offset + arch.crop_size].astype(np.float32)
-        batch[i] = ((crop - mean) * arch.input_scale).transpose(2, 0, 1)
+        image = resize_square(np.asarray(image), spec.image_size)
+        crop = image[offset:offset + spec.crop_size, offset:offset + spec.crop_size].astype(np.float32)
+        batch[i] = ((crop - mean) * spec.scale).transpose(2, 0, 1)
     return batch
+
+
+def chw_to_input(chw_uint8, spec):
+    """Images from the image store, uint8 (N, 3, image_size, image_size) -> network input."""
+    offset = (spec.image_size - spec.crop_size) // 2
+    crop = chw_uint8[:, :, offset:offset + spec.crop_size, offset:offset + spec.crop_size].astype(np.float32)
+    mean = np.asarray(spec.mean_bgr, dtype=np.float32).reshape(1, 3, 1, 1)
+    return (crop - mean) * spec.scale
+
+
+def forward_in_batches(net, inputs, output_blob, batch_size=64):
+    """Run a deploy net over float32 inputs (N, 3, c, c); return output (N, ...) as float64."""
+    outs = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        net.blobs["data"].reshape(*chunk.shape)
+        net.blobs["data"].data[...] = chunk
+        net.forward()
+        outs.append(np.array(net.blobs[output_blob].data, dtype=np.float64).reshape(len(chunk), -1))
+    return np.concatenate(outs) if outs else np.empty((0, 1))

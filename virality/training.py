@@ -66,6 +66,17 @@ def read_net(path):
     return param
 
 
+def resolve_net_path(net, solver_path, workdir):
+    """A solver's net path: absolute as is; relative to the generator's output root
+    (the solver file's grandparent: <root>/solvers/<model>.prototxt) when the net is
+    there, else to the working directory (Caffe's rule)."""
+    net = Path(net)
+    if net.is_absolute():
+        return net
+    beside = Path(solver_path).resolve().parent.parent / net
+    return beside.resolve() if beside.exists() else (Path(workdir) / net).resolve()
+
+
 def count_test_records(net_param, workdir):
     """Number of records the TEST-phase data layer of a train_val net reads."""
     import json
@@ -201,9 +212,7 @@ class Trainer:
             self.base.max_iter = config.max_iter
         if config.snapshot_interval:
             self.base.snapshot = config.snapshot_interval
-        net_path = Path(self.base.net)
-        if not net_path.is_absolute():
-            net_path = (Path(config.workdir) / net_path).resolve()
+        net_path = resolve_net_path(self.base.net, config.solver_path, config.workdir)
         if not net_path.exists():
             raise FileNotFoundError(f"solver {config.solver_path}: net {net_path} not found")
         self.base.net = str(net_path)
@@ -277,6 +286,10 @@ class Trainer:
         start = solver.iter
         if start:
             seek_python_feeds(start * max(1, self.base.iter_size))
+            if any(layer.type == "Data" for layer in read_net(self.base.net).layer):
+                self.log("train: note: resuming a net fed by Caffe's Data layer (pair LMDB) is not "
+                         "bit-identical: its cursor and crop/mirror RNG are not in the solverstate. "
+                         "Use --feed pair_index nets for exact resume (docs/TRAINING.md).")
         max_iter = self.base.max_iter
         iter_size = max(1, self.base.iter_size)
         per_iter = pairs_per_iteration(solver.net, iter_size)

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""The main job on the embedded synthetic dataset (`make demo`): data, three tiny models
+trained on CPU for every setting, evaluation, report and figures under demo/.
+
+    .venv/bin/python tools/demo.py                 # the full demo (about 10 minutes on 2 cores)
+    .venv/bin/python tools/demo.py --max-iter 100  # a quick smoke run
+
+See virality/demo.py for the steps.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+from virality.paths import DEMO_DIR  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEMO_DIR, help="output directory (default demo/)")
+    p.add_argument("--max-iter", type=int, default=0, help="override every solver's max_iter (smoke runs)")
+    p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: make_data's)")
+    args = p.parse_args(argv)
+    print(f"demo: out={args.out} max_iter={args.max_iter or 'solver default'} num_pairs={args.num_pairs or 'default'}")
+    from virality.demo import run
+    run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
