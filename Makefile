@@ -14,12 +14,14 @@ CUDA_ARCH_BIN ?= 90
 BLAS          ?= open
 export CUDA CUDA_ARCH_BIN BLAS
 
-MODEL   ?= tiny_pvcnn
-DATASET ?= synthetic
-WEIGHTS ?=
-GPU     ?=
+MODEL    ?= tiny_pvcnn
+DATASET  ?= synthetic
+WEIGHTS  ?=
+GPU      ?=
+SNAPSHOT ?=
+IMAGES   ?=
 
-.PHONY: help sysdeps venv caffe env nets test test-all demo train clean-env
+.PHONY: help sysdeps venv caffe env nets test demo data train eval weights release clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -27,7 +29,11 @@ help:
 	@echo "make caffe    build BVLC Caffe into ~/.cache/virality-caffe (CUDA=1 for a GPU build)"
 	@echo "make venv     the Python environment .venv from requirements.txt"
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
+	@echo "make data DATASET=<name> [IMAGES=<dir>]              build data/<name>/ (image store, pairs, LMDBs)"
 	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
+	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
+	@echo "make weights MODEL=bvlc_alexnet|VGG_ILSVRC_19_layers  fetch and verify Model Zoo weights"
+	@echo "make release MODEL=<model> [SNAPSHOT=...]           model directory for tools/predict.py"
 
 sysdeps:
 	@bash engine/install_system_deps.sh
@@ -56,6 +62,12 @@ train: env
 	@test -f solvers/$(MODEL).prototxt || { echo "no solver solvers/$(MODEL).prototxt; models: $$(ls solvers | sed 's/.prototxt//' | tr '\n' ' ')"; exit 2; }
 	@mkdir -p models/$(MODEL)
 	$(VENV)/bin/caffe train -solver solvers/$(MODEL).prototxt $(if $(WEIGHTS),-weights $(WEIGHTS)) $(if $(GPU),-gpu $(GPU))
+
+weights: env
+	$(PY) tools/fetch_weights.py $(MODEL)
+
+release: env
+	$(PY) tools/release.py $(MODEL) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT))
 
 clean-env:
 	rm -rf $(VENV) $(ENGINE)
