@@ -58,6 +58,15 @@ nets: env
 test: env
 	$(PY) -m pytest -q tests
 
+demo: env
+	$(PY) tools/demo.py
+
+data: env
+	$(PY) tools/make_data.py --dataset $(DATASET) $(if $(IMAGES),--images $(IMAGES))
+
+eval: env
+	$(PY) tools/evaluate.py --dataset $(DATASET) --model $(MODEL) $(if $(IMAGES),--images $(IMAGES))
+
 train: env
 	@test -f solvers/$(MODEL).prototxt || { echo "no solver solvers/$(MODEL).prototxt; models: $$(ls solvers | sed 's/.prototxt//' | tr '\n' ' ')"; exit 2; }
 	@mkdir -p models/$(MODEL)
