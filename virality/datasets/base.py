@@ -36,6 +36,11 @@ class Setting:
     disjoint:    True when no test image may appear in any training pair.
     paper:       the seed paper's number for this setting per model, for reports
                  ({"alexnet_pvcnn": 69.97, ...}); empty when the paper has none.
+    train_pairs: optional int32 (K, 3) [I1, I2, y]: when given (datasets that come
+                 as labelled pairs, e.g. pairs-csv), training pairs are drawn from
+                 these instead of viral_pool x nonviral_pool (virality.pairs).
+    per_user:    spearman settings only: rho is computed per user over that user's
+                 test images and averaged over users (popularity "user_specific").
     """
 
     name: str
@@ -47,6 +52,8 @@ class Setting:
     nonviral_pool: np.ndarray
     disjoint: bool = False
     paper: dict = field(default_factory=dict)
+    train_pairs: Optional[np.ndarray] = None
+    per_user: bool = False
 
 
 @dataclass
