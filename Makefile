@@ -21,7 +21,7 @@ GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
 
-.PHONY: help sysdeps venv caffe env nets test demo data train eval weights release clean-env
+.PHONY: help sysdeps venv caffe env nets test demo data train eval weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -77,6 +77,18 @@ weights: env
 
 release: env
 	$(PY) tools/release.py $(MODEL) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT))
+
+# Images (no Docker engine runs on our CI machines: these are for users' machines).
+docker:
+	docker build --build-arg BASE=nvidia/cuda:11.8.0-devel-ubuntu22.04 --build-arg CUDA=1 \
+	    --build-arg CUDA_ARCH_BIN="52 61" -t virality-caffe:titanx .
+
+docker-current:
+	docker build --build-arg BASE=nvidia/cuda:12.6.3-devel-ubuntu22.04 --build-arg CUDA=1 \
+	    --build-arg CUDA_ARCH_BIN="70 75 80 86 89 90" -t virality-caffe:current .
+
+docker-cpu:
+	docker build --build-arg BASE=debian:12 --build-arg CUDA=0 -t virality-caffe:cpu .
 
 clean-env:
 	rm -rf $(VENV) $(ENGINE)

@@ -35,13 +35,21 @@ elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
 else
     echo "error: installing system packages needs root. Run 'sudo make sysdeps' once," >&2
     echo "or install these packages yourself: ${missing[*]:-(none)}" >&2
-    echo "and create $SRC_LIST with a Debian 11 (bullseye) deb-src entry (see engine/README.md)." >&2
+    echo "and create $SRC_LIST with a Debian 11 (bullseye) deb-src entry (see docs/ENGINE.md)." >&2
     exit 1
 fi
 
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "engine: installing system packages: ${missing[*]}"
+    "${SUDO[@]}" apt-get update -q
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The source entry needs Debian's archive keyring (installed above: debian-archive-keyring).
 if [[ ! -f "$SRC_LIST" ]]; then
     echo "engine: adding the Debian 11 (bullseye) source entry $SRC_LIST (for apt-get source caffe)"
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [[ -f "$keyring" ]] || { echo "error: $keyring missing; install debian-archive-keyring" >&2; exit 1; }
     "${SUDO[@]}" tee "$SRC_LIST" >/dev/null <<SOURCES
 # Added by virality-caffe (engine/install_system_deps.sh): Caffe's source package
 # comes from Debian 11; nothing is installed from this entry, sources only.
@@ -51,10 +59,5 @@ Suites: bullseye
 Components: main
 Signed-By: $keyring
 SOURCES
-fi
-
-echo "engine: installing system packages: ${missing[*]:-(none missing)}"
-"${SUDO[@]}" apt-get update -q
-if [[ ${#missing[@]} -gt 0 ]]; then
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+    "${SUDO[@]}" apt-get update -q
 fi
