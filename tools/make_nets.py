@@ -27,8 +27,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=sorted(MODELS), choices=sorted(MODELS), metavar="MODEL",
                         help="models to write (default: all)")
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: the repo root)")
-    parser.add_argument("--feed", choices=FEEDS, default="pair_lmdb",
-                        help="ranking models' data feed: Caffe-native pair LMDB or the pair-index Python layer")
+    parser.add_argument("--feed", choices=FEEDS,
+                        help="ranking models' data feed: Caffe-native pair LMDB or the pair-index Python layer "
+                             "(default: pair_index for alexnet/vgg19, pair_lmdb for tiny)")
     parser.add_argument("--dataset", help="dataset under data/ (default: deza2015 for alexnet/vgg19, synthetic for tiny)")
     parser.add_argument("--setting", help="evaluation setting whose train/test pairs to read (docs/PROTOCOL.md)")
     parser.add_argument("--num-topics", type=int, help="Topic-CNN classes (default: 7 deza2015, 5 synthetic)")
@@ -36,7 +37,8 @@ def main(argv=None):
 
     overrides = {k: v for k, v in dict(dataset=args.dataset, setting=args.setting,
                                        num_topics=args.num_topics).items() if v is not None}
-    print(f"make_nets: models={' '.join(args.models)} out={args.out} feed={args.feed} overrides={overrides}")
+    print(f"make_nets: models={' '.join(args.models)} out={args.out} feed={args.feed or 'default'} "
+          f"overrides={overrides}")
     for model in args.models:
         data_cfg, paths = generate(model, args.out, args.feed, overrides)
         print(f"  {model}: data/{data_cfg.dataset}/{data_cfg.setting} ({data_cfg.feed}) -> "

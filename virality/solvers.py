@@ -50,10 +50,12 @@ SCHEDULES = {
 }
 
 #: The data each committed model reads by default (tools/make_nets.py can change it).
+#: Full-size models read 10M training pairs through the pair-index feed: a 256 px pair LMDB of
+#: them would hold about 3.9 TB (docs/DATA_STORAGE.md); the tiny ones use Caffe's own pair LMDB.
 DEFAULT_DATA = {
-    "alexnet": dict(dataset="deza2015", setting="top_bottom", num_topics=7),
-    "vgg19": dict(dataset="deza2015", setting="top_bottom", num_topics=7),
-    "tiny": dict(dataset="synthetic", setting="random", num_topics=5),
+    "alexnet": dict(dataset="deza2015", setting="top_bottom", num_topics=7, feed="pair_index"),
+    "vgg19": dict(dataset="deza2015", setting="top_bottom", num_topics=7, feed="pair_index"),
+    "tiny": dict(dataset="synthetic", setting="random", num_topics=5, feed="pair_lmdb"),
 }
 
 
@@ -62,11 +64,13 @@ def schedule_for(model_name):
     return SCHEDULES[(model.arch, "topic" if model.kind == "topic" else "ranking")]
 
 
-def default_data_config(model_name, feed="pair_lmdb", **overrides):
+def default_data_config(model_name, feed=None, **overrides):
+    """The DataConfig of a model: DEFAULT_DATA for its architecture, then ``feed`` and overrides."""
     model = get_model(model_name)
     sched = schedule_for(model_name)
-    fields = dict(DEFAULT_DATA[model.arch], feed=feed, train_batch=sched.train_batch,
-                  test_batch=sched.test_batch)
+    fields = dict(DEFAULT_DATA[model.arch], train_batch=sched.train_batch, test_batch=sched.test_batch)
+    if feed:
+        fields["feed"] = feed
     fields.update(overrides)
     return DataConfig(**fields)
 

@@ -14,6 +14,7 @@ What it adds to ``caffe train`` (which remains the faithful command-line path):
 - progress lines and a CSV log plus PNG curves.
 """
 import csv
+import gc
 import math
 import os
 import tempfile
@@ -167,6 +168,14 @@ def seek_python_feeds(iteration):
         return 0
     seek = getattr(pair_data, "seek_all", None)
     return seek(iteration) if seek else 0
+
+
+def close_python_feeds():
+    try:
+        from python_layers import pair_data
+    except ImportError:
+        return
+    pair_data.close_all()
 
 
 def pairs_per_iteration(net, iter_size):
@@ -338,12 +347,20 @@ class Trainer:
                     last_good = state
                     self.log(f"validation stopped improving (best {self.dropper.best:.4f}): "
                              f"learning-rate drop {self.dropper.drops}/{MAX_LR_DROPS}")
+                    close_python_feeds()
+                    solver = None
+                    gc.collect()
                     solver = self._make_solver(self.dropper.drops, restore=state)
+                    seek_python_feeds(solver.iter * iter_size)
                 snap = self.base.snapshot
                 if snap and done % snap == 0 and done != max_iter:
                     last_good = self.snapshot(solver)
             last_good = self.snapshot(solver)
         finally:
             csv_log.close()
+            # Free Caffe (and its Python layers) now, while the interpreter is whole: a solver
+            # kept alive by an exception's traceback until shutdown crashes in its destructor.
+            solver = None
+            gc.collect()
         self.log(f"train: done; final snapshot {last_good}")
         return last_good

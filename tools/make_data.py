@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Build everything a model needs under data/<dataset>/ (`make data DATASET=<name> [IMAGES=<dir>]`).
+
+    .venv/bin/python tools/make_data.py --dataset synthetic
+    .venv/bin/python tools/make_data.py --dataset deza2015 --images /path/to/jpgs --sizes 256 36
+
+Outputs (paths as virality.nets.DataConfig reads them):
+
+    data/<name>/raw/                          synthetic only: the SYNTHETIC world, generated if missing
+    data/<name>/images_<size>_lmdb/           image store per --sizes (manifest.csv lists problems)
+    data/<name>/<setting>/pairs_train.npy     int32 (N, 3) training pairs (virality.pairs.sample_pairs)
+    data/<name>/<setting>/pairs_test.npy      the setting's test pairs
+    data/<name>/<setting>/pairs_{train,test}_lmdb   6-channel pair Datums (--pair-lmdb)
+    data/<name>/topics_{train,test}_lmdb      Topic-CNN records (seeded shuffled split)
+    data/<name>/data.json                     what was built, from what, with counts
+
+Every output has a ``<output>.stamp`` beside it holding a content hash of its inputs
+(input files, arrays, options and the builder's source code): an output whose hash
+matches is kept, any change rebuilds it. Pair and topic LMDBs are built from the
+image store of the first --sizes entry. Images missing from the store (missing or
+broken files, listed in its manifest.csv) are left out of every setting's pools
+and test pairs, and the counts are printed and written to data.json.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
+    write_json
+from virality.paths import DATA_DIR, ROOT
+
+#: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.architectures).
+DEFAULT_SIZES = {"synthetic": [36]}
+FALLBACK_SIZES = [256]
+#: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 4.1).
+DEFAULT_NUM_PAIRS = {"synthetic": 20000}
+FALLBACK_NUM_PAIRS = 10_000_000
+#: which pair LMDBs to build: a 10M-pair training LMDB at 256 px would be 3.9 TB (use the pair_index feed).
+DEFAULT_PAIR_LMDB = {"synthetic": "all"}
+FALLBACK_PAIR_LMDB = "test"
+DEFAULT_SEED = 1701
+
+
+def say(msg):
+    print(f"make_data: {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- content stamps
+
+class Digest:
+    """sha256 over labelled parts: JSON-able values, arrays (dtype, shape, bytes) and files."""
+
+    def __init__(self, kind):
+        self.h = hashlib.sha256(kind.encode())
+
+    def value(self, label, obj):
+        self.h.update(f"\0{label}=".encode() + json.dumps(obj, sort_keys=True, default=str).encode())
+        return self
+
+    def array(self, label, arr):
+        arr = np.ascontiguousarray(arr)
+        self.h.update(f"\0{label}:{arr.dtype.str}:{arr.shape}".encode())
+        self.h.update(arr.tobytes())
+        return self
+
+    def code(self, *modules):
+        for rel in modules:
+            self.h.update(f"\0code:{rel}".encode() + (ROOT / rel).read_bytes())
+        return self
+
+    def hexdigest(self):
+        return self.h.hexdigest()
+
+
+def file_digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stamp_path(output):
+    return Path(f"{output}.stamp")
+
+
+def is_fresh(output, digest, force=False):
+    """True when ``output`` exists and its stamp holds ``digest``."""
+    if force or not Path(output).exists():
+        return False
+    try:
+        return json.loads(stamp_path(output).read_text()).get("digest") == digest
+    except (OSError, ValueError):
+        return False
+
+
+def write_stamp(output, digest, **inputs):
+    write_json(stamp_path(output), dict(digest=digest, output=Path(output).name, inputs=inputs))
+
+
+def save_npy(path, array):
+    """Write a .npy atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- steps
+
+def ensure_synthetic_raw(raw, force):
+    """Generate the SYNTHETIC world at ``raw`` if missing (or made by an older generator)."""
+    from virality.synthetic import WorldConfig, generate_world
+
+    config = WorldConfig()
+    digest = Digest("synthetic-raw").value("config", dataclasses.asdict(config)).code("virality/synthetic.py")
+    digest = digest.hexdigest()
+    if raw.exists() and not stamp_path(raw).exists() and not force:
+        say(f"{raw}: kept as it is (not made by make_data: no stamp); delete it to regenerate")
+        return
+    if is_fresh(raw, digest, force):
+        say(f"{raw}: up to date (SYNTHETIC world)")
+        return
+    start = time.time()
+    summary = generate_world(raw, config, overwrite=True)
+    write_stamp(raw, digest, config=dataclasses.asdict(config))
+    say(f"{raw}: generated the SYNTHETIC world, {summary['images']} images, {time.time() - start:.1f} s")
+
+
+def image_items(dataset):
+    """[(id, path)] of every image, and a content digest of the files (missing ones included)."""
+    digest = Digest("images")
+    items = []
+    for image_id in dataset.ids:
+        path = Path(dataset.image_path(int(image_id)))
+        items.append((int(image_id), path))
+        digest.value("image", [int(image_id), path.name, file_digest(path) if path.is_file() else "missing"])
+    return items, digest.hexdigest()
+
+
+def build_stores(items, images_digest, root, sizes, args):
+    stores = {}
+    for size in sizes:
+        out = root / f"images_{size}_lmdb"
+        options = dict(size=size, resize=args.resize, encoding=args.encoding, max_pixels=args.max_pixels)
+        digest = Digest("image-store").value("images", images_digest).value("options", options) \
+            .code("virality/imagestore.py").hexdigest()
+        if is_fresh(out, digest, args.force):
+            say(f"{out}: up to date")
+        else:
+            meta = build_image_store(items, out, size, resize=args.resize, encoding=args.encoding,
+                                     max_pixels=args.max_pixels, workers=args.workers, progress=not args.quiet)
+            write_stamp(out, digest, images=images_digest, **options)
+            say(f"{out}: {meta['stored']}/{meta['images']} images in {meta['seconds']} s")
+            if meta["problems"]:
+                say(f"  {meta['skipped']} skipped, {meta['converted']} converted: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(meta["problems"].items()))
+                    + f" (details: {out / 'manifest.csv'})")
+        stores[size] = (out, digest)
+    return stores
+
+
+def restrict_setting(setting, available):
+    """The setting with every image that is not in ``available`` (sorted ids) removed; and counts."""
+    def keep_ids(ids):
+        ids = np.asarray(ids)
+        return ids[np.isin(ids, available)]
+
+    def keep_pairs(pairs):
+        if pairs is None:
+            return None
+        pairs = np.asarray(pairs)
+        return pairs[np.isin(pairs[:, 0], available) & np.isin(pairs[:, 1], available)] if pairs.size else pairs
+
+    new = dataclasses.replace(setting, test_pairs=keep_pairs(setting.test_pairs),
+                              test_images=keep_ids(setting.test_images), viral_pool=keep_ids(setting.viral_pool),
+                              nonviral_pool=keep_ids(setting.nonviral_pool),
+                              train_pairs=keep_pairs(setting.train_pairs))
+    dropped = dict(test_pairs=len(setting.test_pairs) - len(new.test_pairs),
+                   viral_pool=len(setting.viral_pool) - len(new.viral_pool),
+                   nonviral_pool=len(setting.nonviral_pool) - len(new.nonviral_pool))
+    return new, {k: int(v) for k, v in dropped.items() if v}
+
+
+def setting_digest(setting):
+    d = Digest("setting").value("name", setting.name).value("disjoint", setting.disjoint)
+    for name in ("test_pairs", "test_images", "viral_pool", "nonviral_pool"):
+        d.array(name, np.asarray(getattr(setting, name)))
+    if setting.train_pairs is not None:
+        d.array("train_pairs", np.asarray(setting.train_pairs))
+    return d.hexdigest()
+
+
+def build_pair_files(setting, root, num_pairs, seed, force):
+    """pairs_train.npy / pairs_test.npy of one (restricted) setting; returns {split: (path, digest)}."""
+    from virality.pairs import sample_pairs
+
+    out_dir = root / setting.name
+    sd = setting_digest(setting)
+    files = {}
+    train = out_dir / "pairs_train.npy"
+    digest = Digest("train-pairs").value("setting", sd).value("num_pairs", num_pairs).value("seed", seed) \
+        .code("virality/pairs.py").hexdigest()
+    if is_fresh(train, digest, force):
+        say(f"{train}: up to date")
+    else:
+        start = time.time()
+        pairs = sample_pairs(setting, num_pairs, seed)
+        save_npy(train, pairs.astype(np.int32))
+        write_stamp(train, digest, setting=sd, num_pairs=num_pairs, seed=seed)
+        say(f"{train}: {len(pairs)} pairs sampled in {time.time() - start:.2f} s")
+    files["train"] = (train, digest)
+    test = out_dir / "pairs_test.npy"
+    test_pairs = np.asarray(setting.test_pairs, np.int32).reshape(-1, 3)
+    digest = Digest("test-pairs").array("test_pairs", test_pairs).hexdigest()
+    if is_fresh(test, digest, force):
+        say(f"{test}: up to date")
+    else:
+        save_npy(test, test_pairs)
+        write_stamp(test, digest)
+        say(f"{test}: {len(test_pairs)} test pairs")
+    files["test"] = (test, digest)
+    return files
+
+
+def build_pair_lmdbs(files, store, splits, force, quiet):
+    from virality.pairlmdb import build_pair_lmdb
+
+    store_path, store_digest = store
+    for split in splits:
+        path, pairs_digest = files[split]
+        out = path.parent / f"pairs_{split}_lmdb"
+        digest = Digest("pair-lmdb").value("pairs", pairs_digest).value("store", store_digest) \
+            .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
+        pairs = np.load(path)
+        if len(pairs) == 0:
+            say(f"{out}: not built: {path.name} holds no pairs (a spearman setting is evaluated by image)")
+            continue
+        if is_fresh(out, digest, force):
+            say(f"{out}: up to date")
+            continue
+        meta = build_pair_lmdb(store_path, pairs, out, progress=not quiet)
+        write_stamp(out, digest, pairs=pairs_digest, store=store_digest)
+        say(f"{out}: {meta['records']} pair records in {meta['seconds']} s")
+
+
+def build_topic_lmdbs(dataset, available, store, root, fraction, seed, force, quiet):
+    from virality.pairlmdb import build_topic_lmdb, split_topic_ids
+
+    store_path, store_digest = store
+    ids, topics = np.asarray(dataset.ids, np.int64), np.asarray(dataset.topics, np.int64)
+    keep = (topics >= 0) & np.isin(ids, available)
+    if not keep.any():
+        say(f"no topic LMDBs: dataset '{dataset.name}' has no image with a known topic")
+        return None
+    train, test = split_topic_ids(ids[keep], topics[keep], fraction, seed)
+    label_of = dict(zip(ids.tolist(), topics.tolist()))
+    info = {}
+    for split, part in (("train", train), ("test", test)):
+        out = root / f"topics_{split}_lmdb"
+        labels = np.array([label_of[i] for i in part.tolist()], np.int64)
+        digest = Digest("topic-lmdb").array("ids", part).array("labels", labels).value("store", store_digest) \
+            .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
+        info[split] = int(part.size)
+        if is_fresh(out, digest, force):
+            say(f"{out}: up to date")
+            continue
+        meta = build_topic_lmdb(store_path, part, labels, out, progress=not quiet)
+        write_stamp(out, digest, store=store_digest, test_fraction=fraction, seed=seed)
+        say(f"{out}: {meta['records']} records, label counts {meta['label_counts']}")
+    return info
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv):
+    from virality.datasets.registry import dataset_names
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=dataset_names())
+    p.add_argument("--images", type=Path, help="image directory (IMAGES=...; default: the dataset's)")
+    p.add_argument("--data-dir", type=Path, help="the dataset's metadata (default: the dataset's own)")
+    p.add_argument("--out-root", type=Path, default=DATA_DIR, help="where data/<dataset>/ goes (default data/)")
+    p.add_argument("--sizes", type=int, nargs="+", help="image store sizes (default: 36 synthetic, 256 otherwise)")
+    p.add_argument("--settings", nargs="+", help="settings to build (default: all of the dataset's)")
+    p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: 20000 synthetic, 10M otherwise)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pair sampling and topic split seed")
+    p.add_argument("--pair-lmdb", choices=("all", "test", "none"),
+                   help="pair LMDBs to build (default: all for synthetic, test otherwise: train with the "
+                        "pair_index feed)")
+    p.add_argument("--max-lmdb-gb", type=float, default=100.0, help="refuse pair LMDBs larger than this")
+    p.add_argument("--topic-test-fraction", type=float, default=0.1, help="held-out share of each topic")
+    p.add_argument("--resize", choices=RESIZE_MODES, default="warp")
+    p.add_argument("--encoding", choices=ENCODINGS, default="raw")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
+    p.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    p.add_argument("--force", action="store_true", help="rebuild everything")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    args.sizes = args.sizes or DEFAULT_SIZES.get(args.dataset, FALLBACK_SIZES)
+    args.num_pairs = args.num_pairs or DEFAULT_NUM_PAIRS.get(args.dataset, FALLBACK_NUM_PAIRS)
+    args.pair_lmdb = args.pair_lmdb or DEFAULT_PAIR_LMDB.get(args.dataset, FALLBACK_PAIR_LMDB)
+    if any(s < 1 for s in args.sizes) or args.num_pairs < 1:
+        p.error("--sizes and --num-pairs must be positive")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from virality.datasets.registry import load_dataset
+    from virality.pairs import PairSamplingError, max_pairs
+
+    start = time.time()
+    root = args.out_root / args.dataset
+    root.mkdir(parents=True, exist_ok=True)
+    say(f"dataset={args.dataset} images={args.images} out={root} sizes={args.sizes} num_pairs={args.num_pairs} "
+        f"seed={args.seed} pair_lmdb={args.pair_lmdb} resize={args.resize} encoding={args.encoding}")
+    data_dir = args.data_dir
+    try:
+        if args.dataset == "synthetic" and data_dir is None:
+            data_dir = root / "raw"
+            ensure_synthetic_raw(data_dir, args.force)
+        dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images)
+        if dataset.synthetic:
+            say("NOTE: this dataset is SYNTHETIC (virality/synthetic.py), not real virality data")
+        names = args.settings or sorted(dataset.settings)
+        settings = [dataset.setting(n) for n in names]
+        items, images_digest = image_items(dataset)
+        missing = sum(1 for _, p in items if not p.is_file())
+        say(f"{len(items)} images in {dataset.image_dir}" + (f", {missing} missing" if missing else ""))
+        if missing == len(items):
+            raise FileNotFoundError(f"none of the {len(items)} images of '{args.dataset}' exist under "
+                                    f"{dataset.image_dir}; pass the image directory: make data DATASET={args.dataset} "
+                                    "IMAGES=<dir>")
+        stores = build_stores(items, images_digest, root, args.sizes, args)
+        available = None
+        for path, _ in stores.values():
+            store = ImageStore(path)
+            available = store.ids if available is None else np.intersect1d(available, store.ids)
+            store.close()
+        lmdb_store = stores[args.sizes[0]]
+        summary = dict(dataset=args.dataset, synthetic=bool(dataset.synthetic), topic_names=list(dataset.topic_names),
+                       images=len(items), available=int(available.size), sizes=args.sizes, seed=args.seed,
+                       num_pairs=args.num_pairs, pair_lmdb=args.pair_lmdb, lmdb_size=args.sizes[0], settings={})
+        for setting in settings:
+            restricted, dropped = restrict_setting(setting, available)
+            if dropped:
+                say(f"setting {setting.name}: images not in the store removed: {dropped}")
+            possible = max_pairs(restricted)
+            if possible == 0:
+                raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "
+                                        "dropped for images missing from the store): supply the images, or "
+                                        "choose other --settings")
+            if args.num_pairs > possible:
+                raise PairSamplingError(f"setting {setting.name} allows only {possible} training pairs; "
+                                        f"pass --num-pairs {possible} or fewer")
+            files = build_pair_files(restricted, root, args.num_pairs, args.seed, args.force)
+            splits = {"all": ("train", "test"), "test": ("test",), "none": ()}[args.pair_lmdb]
+            record = 6 * args.sizes[0] ** 2
+            need_gb = sum(len(np.load(files[s][0], mmap_mode="r")) for s in splits) * record / 1e9
+            if need_gb > args.max_lmdb_gb:
+                raise ValueError(f"setting {setting.name}: the pair LMDBs would take {need_gb:.0f} GB "
+                                 f"(> --max-lmdb-gb {args.max_lmdb_gb}); use --pair-lmdb test and the pair_index "
+                                 "feed, or fewer --num-pairs")
+            build_pair_lmdbs(files, lmdb_store, splits, args.force, args.quiet)
+            summary["settings"][setting.name] = dict(train_pairs=args.num_pairs, test_pairs=len(restricted.test_pairs),
+                                                     possible_pairs=possible, dropped=dropped,
+                                                     pair_lmdbs=list(splits))
+        summary["topics"] = build_topic_lmdbs(dataset, available, lmdb_store, root, args.topic_test_fraction,
+                                              args.seed, args.force, args.quiet)
+    except (OSError, ValueError, KeyError, StoreError) as err:
+        print(f"make_data: error: {err}", file=sys.stderr)
+        return 2
+    summary["seconds"] = round(time.time() - start, 1)
+    write_json(root / "data.json", summary)
+    say(f"done in {summary['seconds']} s: {root / 'data.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
