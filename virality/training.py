@@ -325,6 +325,9 @@ class Trainer:
                 done = solver.iter
                 val_acc = None
                 if done % self.val_interval == 0 or done == max_iter:
+                    # Caffe shares the trained weights with a test net only inside Solver::Test;
+                    # the driver runs the test net itself, so it shares them first.
+                    solver.test_nets[0].share_with(solver.net)
                     val_acc = validate(solver.test_nets[0], self.num_test)
                 if done % self.display == 0 or val_acc is not None or done == max_iter:
                     now = time.time()
