@@ -31,6 +31,7 @@ help:
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
 	@echo "make data DATASET=<name> [IMAGES=<dir>]              build data/<name>/ (image store, pairs, LMDBs)"
 	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
+	@echo "                  (a *_tpvcnn trains its Topic-CNN first when needed; tools/caffe_train.py)"
 	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
 	@echo "make weights MODEL=bvlc_alexnet|VGG_ILSVRC_19_layers  fetch and verify Model Zoo weights"
 	@echo "make release MODEL=<model> [SNAPSHOT=...]           model directory for tools/predict.py"
@@ -68,9 +69,7 @@ eval: env
 	$(PY) tools/evaluate.py --dataset $(DATASET) --model $(MODEL) $(if $(IMAGES),--images $(IMAGES))
 
 train: env
-	@test -f solvers/$(MODEL).prototxt || { echo "no solver solvers/$(MODEL).prototxt; models: $$(ls solvers | sed 's/.prototxt//' | tr '\n' ' ')"; exit 2; }
-	@mkdir -p models/$(MODEL)
-	$(VENV)/bin/caffe train -solver solvers/$(MODEL).prototxt $(if $(WEIGHTS),-weights $(WEIGHTS)) $(if $(GPU),-gpu $(GPU))
+	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
 
 weights: env
 	$(PY) tools/fetch_weights.py $(MODEL)
