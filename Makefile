@@ -21,7 +21,7 @@ GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
 
-.PHONY: help sysdeps venv caffe env nets test demo data train eval weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -33,6 +33,7 @@ help:
 	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
 	@echo "                  (a *_tpvcnn trains its Topic-CNN first when needed; tools/caffe_train.py)"
 	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
+	@echo "make bench [QUICK=1]                                BENCHMARKS.md (make bench-torch first for PyTorch)"
 	@echo "make weights MODEL=bvlc_alexnet|VGG_ILSVRC_19_layers  fetch and verify Model Zoo weights"
 	@echo "make release MODEL=<model> [SNAPSHOT=...]           model directory for tools/predict.py"
 
@@ -70,6 +71,14 @@ eval: env
 
 train: env
 	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
+
+# Benchmarks (BENCHMARKS.md; bench/README.md). `make bench-torch` once adds PyTorch beside Caffe.
+bench: env
+	$(PY) bench/run.py $(if $(QUICK),--quick)
+
+bench-torch:
+	@test -x bench/.venv-torch/bin/python || $(PYTHON_BASE) -m venv bench/.venv-torch
+	bench/.venv-torch/bin/pip install -q -r bench/requirements-torch.txt
 
 weights: env
 	$(PY) tools/fetch_weights.py $(MODEL)

@@ -1,0 +1,429 @@
+"""One Caffe measurement in its own process (bench/run.py starts it, interleaved).
+
+    python bench/caffe_worker.py TASK [options]     -> last stdout line: a JSON object
+
+Tasks:
+  info     the engine and the BLAS it loaded (library, version, kernels, threads)
+  gemm     float32 GEMM rate of that BLAS (cblas_sgemm through ctypes: the same
+           library instance Caffe calls)
+  train    training step of a pair model (solver.step: forward, backward, SGD update)
+           and forward+backward alone, on random inputs
+  infer    deploy net forward (images/s)
+  layers   per-layer forward/backward times, and a GEMM model of each layer: the
+           time of exactly the cblas_sgemm calls Caffe makes for it, timed alone
+
+The process imports whichever pycaffe is first on PYTHONPATH (run.py points it at
+one engine).
+"""
+import argparse
+import ctypes
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+import caffe  # noqa: E402
+
+caffe.set_mode_cpu()
+
+NO_TRANS, TRANS = 111, 112
+ROW_MAJOR = 101
+
+
+# ---- the BLAS Caffe loaded ----
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _mapped(pattern):
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and pattern in os.path.basename(parts[-1]):
+                return parts[-1]
+    return None
+
+
+def blas_library():
+    """Path of the library that provides libcaffe's cblas_sgemm in this process.
+
+    dlsym on libcaffe's handle resolves the symbol the way libcaffe's own calls bind
+    (libcaffe, then its dependencies in load order); dladdr names the file. On Debian
+    OpenCV also pulls in libblas.so.3, so "whichever BLAS is mapped" is not enough.
+    """
+    libcaffe = _mapped("libcaffe.so")
+    if not libcaffe:
+        return None
+    fn = ctypes.CDLL(libcaffe).cblas_sgemm
+    info = _DlInfo()
+    libdl = ctypes.CDLL(None)
+    libdl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    if not libdl.dladdr(ctypes.cast(fn, ctypes.c_void_p), ctypes.byref(info)):
+        return None
+    return info.dli_fname.decode()
+
+
+def blas_info():
+    path = blas_library()
+    info = {"library": path, "real_path": os.path.realpath(path) if path else None}
+    if not path:
+        return info
+    lib = ctypes.CDLL(path)
+    if hasattr(lib, "openblas_get_config"):
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        info.update(kind="OpenBLAS", config=lib.openblas_get_config().decode(),
+                    kernels=lib.openblas_get_corename().decode(),
+                    threads=lib.openblas_get_num_threads())
+    elif hasattr(lib, "MKL_Get_Version_String"):
+        buf = ctypes.create_string_buffer(256)
+        lib.MKL_Get_Version_String(buf, 256)
+        info.update(kind="MKL", config=buf.value.decode().strip(), threads=lib.MKL_Get_Max_Threads())
+        # Which code path MKL dispatches to: from its verbose line of one small call.
+        info["kernels"] = mkl_code_path(lib)
+    return info
+
+
+def mkl_code_path(lib):
+    """MKL's instruction-set branch, read from MKL_VERBOSE output of one call (best effort)."""
+    try:
+        r, w = os.pipe()
+        saved = os.dup(1)
+        sys.stdout.flush()
+        os.dup2(w, 1)
+        lib.MKL_Verbose(1)
+        a = np.ones((8, 8), np.float32)
+        c = np.zeros((8, 8), np.float32)
+        _sgemm_call(lib, NO_TRANS, NO_TRANS, 8, 8, 8, a, a, c)
+        lib.MKL_Verbose(0)
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(w)
+        text = os.read(r, 65536).decode(errors="replace")
+        os.close(r)
+        line = next((l for l in text.splitlines() if "MKL_VERBOSE" in l and "SGEMM" not in l), "")
+        # e.g. "... for Intel(R) 64 architecture Intel(R) AVX-512 ... enabled processors, Lnx 2.60GHz lp64 intel_thread"
+        line = line.split(" architecture ", 1)[-1].strip()
+        return line[:160] or "unknown"
+    except Exception as err:  # pragma: no cover - diagnostics only
+        return f"unknown ({err})"
+
+
+def _sgemm_call(lib, ta, tb, m, n, k, a, b, c):
+    lda = a.shape[1]
+    ldb = b.shape[1]
+    lib.cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, ctypes.c_float(1.0),
+                    a.ctypes.data_as(ctypes.c_void_p), lda, b.ctypes.data_as(ctypes.c_void_p), ldb,
+                    ctypes.c_float(0.0), c.ctypes.data_as(ctypes.c_void_p), n)
+
+
+class Gemm:
+    """Times cblas_sgemm calls of given shapes on the loaded BLAS."""
+
+    def __init__(self):
+        path = blas_library()
+        if not path:
+            raise RuntimeError("no BLAS library found in this process")
+        self.lib = ctypes.CDLL(path)
+        self.lib.cblas_sgemm.restype = None
+        self.cache = {}
+
+    def seconds(self, ta, tb, m, n, k, min_time=0.05, repeats=3):
+        key = (ta, tb, m, n, k)
+        if key in self.cache:
+            return self.cache[key]
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((k, m) if ta == TRANS else (m, k), dtype=np.float32)
+        b = rng.standard_normal((n, k) if tb == TRANS else (k, n), dtype=np.float32)
+        c = np.zeros((m, n), np.float32)
+        _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
+        calls = 1
+        while True:                      # calibrate: enough calls for ~min_time / 3
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
+            dt = time.perf_counter() - t0
+            if dt >= min_time / 3 or calls >= 4096:
+                break
+            calls *= 4
+        best = [dt / calls]
+        for _ in range(repeats - 1):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
+            best.append((time.perf_counter() - t0) / calls)
+        self.cache[key] = min(best)
+        return self.cache[key]
+
+
+# ---- tasks ----
+
+def random_inputs(net, seed=0):
+    rng = np.random.default_rng(seed)
+    for name in net.inputs:
+        blob = net.blobs[name]
+        if name.startswith("label"):
+            blob.data[...] = rng.choice([-1.0, 1.0], size=blob.data.shape)
+        else:
+            blob.data[...] = rng.normal(0.0, 50.0, size=blob.data.shape)
+
+
+def task_info(args):
+    return {"caffe": caffe.__file__, "blas": blas_info()}
+
+
+def task_gemm(args):
+    g = Gemm()
+    out = {}
+    for size in args.sizes:
+        rates = []
+        for _ in range(args.repeats):
+            g.cache.clear()
+            s = g.seconds(NO_TRANS, NO_TRANS, size, size, size, min_time=0.3, repeats=1)
+            rates.append(2.0 * size ** 3 / s / 1e9)
+        out[str(size)] = rates
+    return {"gflops": out, "blas": blas_info()}
+
+
+def _timing_net(args, tmp):
+    net_param = common.timing_train_net(args.model, args.pairs)
+    path = common.write_text(Path(tmp) / "train.prototxt", net_param)
+    return path
+
+
+def task_train(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        net_path = _timing_net(args, tmp)
+        solver_path = common.solver_for(args.model, net_path, Path(tmp) / "solver.prototxt")
+        solver = caffe.SGDSolver(str(solver_path))
+        net = solver.net
+        random_inputs(net)
+        solver.step(args.warmup)
+        flops = flop_count(net, net_param_of(net_path))
+        steps, fwdbwd, update = [], [], []
+        for _ in range(args.iters):
+            if "step" in args.what:
+                t0 = time.perf_counter()
+                solver.step(1)
+                steps.append(time.perf_counter() - t0)
+            if "fwdbwd" in args.what:
+                t0 = time.perf_counter()
+                net.forward()
+                net.backward()
+                fwdbwd.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                solver.apply_update()          # the SGD update alone (what step adds)
+                update.append(time.perf_counter() - t0)
+        loss = float(net.blobs["loss"].data)
+    # The GEMM rate in this process, right after: the ceiling under the same conditions.
+    gemm = []
+    if args.gemm:
+        g = Gemm()
+        s = g.seconds(NO_TRANS, NO_TRANS, 2048, 2048, 2048, min_time=0.3, repeats=2)
+        gemm.append(2.0 * 2048 ** 3 / s / 1e9)
+    # A step is iter_size forward+backward passes (gradient accumulation, e.g. VGG-19's solver).
+    iter_size = max(1, solver_iter_size(args.model))
+    return {"model": args.model, "pairs": args.pairs, "iter_size": iter_size,
+            "pairs_per_step": args.pairs * iter_size, "step_s": steps, "fwdbwd_s": fwdbwd,
+            "update_s": update, "gemm_gflops": gemm, "loss": loss, "flops": flops,
+            "blas": blas_info(), "loadavg": os.getloadavg()}
+
+
+def solver_iter_size(model):
+    from google.protobuf import text_format
+    from caffe.proto import caffe_pb2
+    sp = caffe_pb2.SolverParameter()
+    text_format.Merge((common.ROOT / "solvers" / f"{model}.prototxt").read_text(), sp)
+    return sp.iter_size
+
+
+def net_param_of(path):
+    return common.load_net_param(path)
+
+
+def task_infer(args):
+    net = caffe.Net(str(common.deploy_net_path(args.model)), caffe.TEST)
+    crop = common.CROP[common.arch_of(args.model)]
+    net.blobs["data"].reshape(args.batch, 3, crop, crop)
+    net.reshape()
+    random_inputs(net)
+    for _ in range(args.warmup):
+        net.forward()
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        net.forward()
+        times.append(time.perf_counter() - t0)
+    return {"model": args.model, "batch": args.batch, "forward_s": times}
+
+
+def flop_count(net, net_param):
+    """GEMM FLOPs of one forward and one training pass (forward + backward) of ``net``.
+
+    Convolution and InnerProduct only (everything else is a rounding error in FLOPs).
+    Backward costs twice the forward (weight and data gradients), except that no data
+    gradient is computed for a layer whose bottom is a net input.
+    """
+    params = {l.name: l for l in net_param.layer}
+    fwd = train = 0.0
+    inputs = set(net.inputs)
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        bottom = net.bottom_names[name][0]
+        top = net.top_names[name][0]
+        bshape = net.blobs[bottom].data.shape
+        tshape = net.blobs[top].data.shape
+        if layer.type == "Convolution":
+            cp = params[name].convolution_param
+            k = list(cp.kernel_size) or [cp.kernel_h, cp.kernel_w]
+            kh, kw = (k[0], k[-1])
+            macs = np.prod(tshape, dtype=np.float64) * (bshape[1] // max(cp.group, 1)) * kh * kw
+        else:
+            macs = np.prod(tshape, dtype=np.float64) * (np.prod(bshape[1:], dtype=np.float64))
+        f = 2.0 * macs
+        fwd += f
+        train += f + f + (0.0 if bottom in inputs else f)
+    return {"forward": fwd, "train": train}
+
+
+def gemm_calls(net, net_param, batch_images):
+    """The cblas_sgemm calls Caffe 1.0 makes per layer: {name: (fwd_calls, bwd_calls)}.
+
+    Each call: (transA, transB, M, N, K, count). Convolution loops over the images of
+    the batch (base_conv_layer.cpp): per image and group, one GEMM on the im2col
+    buffer, plus a rank-1 GEMM for the bias; backward: weight and data gradients per
+    image and group (bias gradient is a GEMV, left out). InnerProduct: one GEMM for
+    the batch (+ bias), backward two.
+    """
+    params = {l.name: l for l in net_param.layer}
+    inputs = set(net.inputs)
+    out = {}
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        bottom = net.bottom_names[name][0]
+        top = net.top_names[name][0]
+        bshape = net.blobs[bottom].data.shape
+        tshape = net.blobs[top].data.shape
+        n = bshape[0]
+        prop_down = bottom not in inputs
+        if layer.type == "Convolution":
+            cp = params[name].convolution_param
+            g = max(cp.group, 1)
+            k = list(cp.kernel_size) or [cp.kernel_h, cp.kernel_w]
+            kdim = bshape[1] // g * k[0] * k[-1]
+            cout, hw = tshape[1], tshape[2] * tshape[3]
+            fwd = [(NO_TRANS, NO_TRANS, cout // g, hw, kdim, n * g), (NO_TRANS, NO_TRANS, cout, hw, 1, n)]
+            bwd = [(NO_TRANS, TRANS, cout // g, kdim, hw, n * g)]
+            if prop_down:
+                bwd.append((TRANS, NO_TRANS, kdim, hw, cout // g, n * g))
+        else:
+            fin = int(np.prod(bshape[1:]))
+            fout = tshape[1]
+            fwd = [(NO_TRANS, TRANS, n, fout, fin, 1), (NO_TRANS, NO_TRANS, n, fout, 1, 1)]
+            bwd = [(TRANS, NO_TRANS, fout, fin, n, 1)]
+            if prop_down:
+                bwd.append((NO_TRANS, NO_TRANS, n, fin, fout, 1))
+        out[name] = (fwd, bwd)
+    return out
+
+
+def task_layers(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        net_path = _timing_net(args, tmp)
+        net = caffe.Net(str(net_path), caffe.TRAIN)
+        net_param = net_param_of(net_path)
+    random_inputs(net)
+    names = list(net._layer_names)
+    types = [l.type for l in net.layers]
+    nl = len(names)
+    for _ in range(args.warmup):
+        net.forward()
+        net.backward()
+    fwd = {n: [] for n in names}
+    bwd = {n: [] for n in names}
+    total = []
+    for _ in range(args.iters):
+        t_all = time.perf_counter()
+        for i in range(nl):
+            t0 = time.perf_counter()
+            net._forward(i, i)
+            fwd[names[i]].append(time.perf_counter() - t0)
+        for i in reversed(range(nl)):
+            t0 = time.perf_counter()
+            net._backward(i, i)
+            bwd[names[i]].append(time.perf_counter() - t0)
+        total.append(time.perf_counter() - t_all)
+    # GEMM model: the same calls, timed alone on the same BLAS.
+    g = Gemm()
+    calls = gemm_calls(net, net_param, args.pairs)
+    model = {}
+    batched = {}
+    for name, (fc, bc) in calls.items():
+        f = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in fc)
+        b = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in bc)
+        model[name] = (f, b)
+        # What-if: one GEMM per group over the whole batch (im2col of all images at once).
+        if types[names.index(name)] == "Convolution":
+            def merged(cs):
+                t = 0.0
+                for ta, tb, m, n, k, cnt in cs:
+                    if k == 1:          # bias: rank-1 update, as one call over the batch
+                        t += g.seconds(ta, tb, m, n * cnt, k)
+                        continue
+                    per_image = args.pairs
+                    groups = cnt // per_image
+                    if ta == NO_TRANS and tb == NO_TRANS:      # forward: N = images * HW
+                        t += groups * g.seconds(ta, tb, m, n * per_image, k)
+                    elif tb == TRANS:                          # weight grad: K = images * HW
+                        t += groups * g.seconds(ta, tb, m, n, k * per_image)
+                    else:                                      # data grad: N = images * HW
+                        t += groups * g.seconds(ta, tb, m, n * per_image, k)
+                return t
+            batched[name] = (merged(fc), merged(bc))
+    layers = [{"name": n, "type": t,
+               "forward_s": common.median(fwd[n]), "backward_s": common.median(bwd[n]),
+               "gemm_forward_s": model.get(n, (0.0, 0.0))[0], "gemm_backward_s": model.get(n, (0.0, 0.0))[1],
+               "batched_gemm_forward_s": batched.get(n, (None, None))[0],
+               "batched_gemm_backward_s": batched.get(n, (None, None))[1]}
+              for n, t in zip(names, types)]
+    return {"model": args.model, "pairs": args.pairs, "total_s": total, "layers": layers,
+            "flops": flop_count(net, net_param), "blas": blas_info()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=["info", "gemm", "train", "infer", "layers"])
+    ap.add_argument("--model", default="alexnet_pvcnn")
+    ap.add_argument("--pairs", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--what", default="step,fwdbwd")
+    ap.add_argument("--sizes", type=int, nargs="*", default=[2048])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gemm", type=int, default=1, help="train: also time a 2048^3 GEMM (1) or not (0)")
+    args = ap.parse_args()
+    result = globals()[f"task_{args.task}"](args)
+    result["task"] = args.task
+    result["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+                                                  "MKL_NUM_THREADS", "OMP_NUM_THREADS",
+                                                  "MKL_ENABLE_INSTRUCTIONS", "MKL_THREADING_LAYER")
+                     if k in os.environ}
+    sys.stdout.flush()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

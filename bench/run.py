@@ -1,0 +1,315 @@
+"""Benchmark harness: `make bench` runs it and it writes BENCHMARKS.md.
+
+    .venv/bin/python bench/run.py [--quick] [--out BENCHMARKS.md] [--rounds N]
+                                  [--engine LABEL=PATH ...] [--variant SPEC ...]
+
+Every measurement runs in a fresh child process (bench/caffe_worker.py for Caffe,
+bench/torch_worker.py for PyTorch) and the variants that are compared run
+interleaved, round after round, so that a noisy, shared machine hits them alike.
+Reported: the median over all timed iterations, the spread of the per-round
+medians (min-max), and ratios taken within each round (median of the rounds).
+
+Engines: "project" is the engine `make caffe` linked at .engine. Other engines
+(for the BLAS comparison) come from --engine, or are found in the engine cache
+(${CAFFE_CACHE_DIR:-~/.cache/virality-caffe}/engine-*, same Python/numpy, CPU,
+another BLAS): the newest complete one per BLAS.
+
+Variants (--variant LABEL=ENGINE[:VAR=VAL,VAR=VAL]) are an engine plus environment
+settings; the default list is every engine as it is, plus, for an OpenBLAS engine
+on an AVX-512 CPU and when OPENBLAS_CORETYPE is not already set, the same engine
+with OPENBLAS_CORETYPE=SKYLAKEX (for comparison only: nothing sets it for users).
+
+PyTorch (bench-only, optional): bench/.venv-torch/bin/python, or $BENCH_TORCH_PYTHON;
+skipped with a note when missing (bench/README.md says how to install it).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import ROOT, median  # noqa: E402
+
+PY = sys.executable
+WORKER = str(ROOT / "bench" / "caffe_worker.py")
+TORCH_WORKER = str(ROOT / "bench" / "torch_worker.py")
+
+
+def log(msg):
+    print(f"bench: {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- engines
+
+def read_build_info(engine):
+    info = {}
+    path = Path(engine) / "build-info.txt"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                info[k.strip()] = v.strip()
+        m = re.search(r"blas=(\S+)", info.get("cuda", ""))
+        if m:
+            info["blas"] = m.group(1)
+    return info
+
+
+def discover_engines(project):
+    """Other complete CPU engines in the cache, newest per BLAS, same Python/numpy."""
+    root = Path(os.environ.get("CAFFE_CACHE_DIR") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virality-caffe")
+    mine = read_build_info(project)
+    found = {}
+    for eng in sorted(root.glob("engine-*"), key=lambda p: (p / ".complete").stat().st_mtime
+                      if (p / ".complete").exists() else 0):
+        if not (eng / ".complete").exists() or eng.resolve() == Path(project).resolve():
+            continue
+        info = read_build_info(eng)
+        if info.get("python_numpy") != mine.get("python_numpy") or not info.get("cuda", "").startswith("cuda=0"):
+            continue
+        if info.get("blas") and info.get("blas") != mine.get("blas"):
+            found[info["blas"]] = str(eng)
+    return found
+
+
+def avx512():
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def parse_variant(spec, engines):
+    label, rest = spec.split("=", 1)
+    eng, _, envs = rest.partition(":")
+    if eng not in engines:
+        raise SystemExit(f"--variant {spec}: unknown engine '{eng}' (have {', '.join(engines)})")
+    env = {}
+    for item in filter(None, envs.split(",")):
+        k, v = item.split("=", 1)
+        env[k] = v
+    return {"label": label, "engine": eng, "env": env}
+
+
+def default_variants(engines, infos):
+    out = []
+    for name in engines:
+        out.append({"label": name, "engine": name, "env": {}})
+        blas = infos[name]["blas"]
+        if (blas.get("kind") == "OpenBLAS" and "OPENBLAS_CORETYPE" not in os.environ and avx512()
+                and blas.get("kernels", "").lower() != "skylakex"):
+            out.append({"label": f"{name} + OPENBLAS_CORETYPE=SKYLAKEX", "engine": name,
+                        "env": {"OPENBLAS_CORETYPE": "SKYLAKEX"}})
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+class Runner:
+    def __init__(self, engines):
+        self.engines = engines
+
+    def caffe(self, engine, args, env=None, timeout=1800):
+        return common.run_json([PY, WORKER] + [str(a) for a in args],
+                               common.engine_env(self.engines[engine], env), timeout=timeout)
+
+
+def torch_python():
+    cand = os.environ.get("BENCH_TORCH_PYTHON") or str(ROOT / "bench" / ".venv-torch" / "bin" / "python")
+    if not Path(cand).exists():
+        return None, f"no PyTorch environment at {cand} (see bench/README.md)"
+    proc = subprocess.run([cand, "-c", "import torch; print(torch.__version__)"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, f"{cand} cannot import torch"
+    return cand, proc.stdout.strip()
+
+
+def run_torch(tpy, args):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    return common.run_json([tpy, TORCH_WORKER] + [str(a) for a in args], env)
+
+
+def per_round(results, key):
+    """Per-round medians of a list of worker results."""
+    return [median(r[key]) for r in results if r.get(key)]
+
+
+def all_iters(results, key):
+    return [x for r in results for x in r.get(key, [])]
+
+
+# ---------------------------------------------------------------- machine
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception:
+        return ""
+
+
+def machine_info():
+    cpu = sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if re.search(rf"\b{f}\b", flags)]
+    mem = sh("free -g | awk '/Mem:/ {print $2}'")
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "isa": isa, "memory_gib": mem,
+        "os": sh(". /etc/os-release && echo $PRETTY_NAME"), "kernel": platform.release(),
+        "python": platform.python_version(), "gcc": sh("g++ --version | head -1"),
+        "loadavg_start": sh("cat /proc/loadavg"),
+    }
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="2 rounds, fewer iterations, no VGG-19 (about 2-3 min)")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "results.json"))
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--pairs", type=int, default=16, help="pairs per AlexNet training step (default 16)")
+    ap.add_argument("--engine", action="append", default=[], help="LABEL=PATH of another engine")
+    ap.add_argument("--no-discover", action="store_true", help="do not look for other engines in the cache")
+    ap.add_argument("--variant", action="append", default=[], help="LABEL=ENGINE[:VAR=VAL,...]")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--sections", default="alexnet,models,infer,layers,feeds",
+                    help="comma-separated subset of alexnet,models,infer,layers,feeds, plus gemm (a standalone GEMM rate per variant); alexnet always runs")
+    args = ap.parse_args()
+
+    quick = args.quick
+    sections = set(args.sections.split(",")) | {"alexnet"}
+    rounds = args.rounds or (2 if quick else 3)
+    it_alex = 2 if quick else 3
+    started = time.time()
+    project = str(ROOT / ".engine")
+    if not (Path(project) / "bin" / "caffe").exists():
+        raise SystemExit("bench: no engine at .engine; run 'make caffe' first")
+    engines = {"project": project}
+    for spec in args.engine:
+        label, path = spec.split("=", 1)
+        engines[label] = str(Path(path).resolve())
+    if not args.no_discover and not args.engine:
+        for blas, path in discover_engines(project).items():
+            engines[f"{blas} (cached)"] = path
+    runner = Runner(engines)
+
+    log(f"engines: {engines}")
+    infos = {name: runner.caffe(name, ["info"]) for name in engines}
+    for name in engines:
+        infos[name]["build"] = read_build_info(engines[name])
+        infos[name]["path"] = str(Path(engines[name]).resolve())
+    variants = [parse_variant(v, engines) for v in args.variant] or default_variants(engines, infos)
+    log("variants: " + "; ".join(v["label"] for v in variants))
+
+    tpy, tnote = (None, "disabled (--no-torch)") if args.no_torch else torch_python()
+    if tpy:
+        log(f"PyTorch {tnote}")
+    else:
+        log(f"PyTorch skipped: {tnote}")
+
+    res = {"machine": machine_info(), "engines": infos, "variants": variants, "torch": tnote if tpy else None,
+           "torch_note": None if tpy else tnote, "command": " ".join(shlex.quote(a) for a in sys.argv),
+           "quick": quick, "rounds": rounds, "pairs": args.pairs,
+           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+    # 1. GEMM rate (the ceiling) with each variant's BLAS, interleaved.
+    gemm = {v["label"]: [] for v in variants}
+    if "gemm" in sections:
+        log("GEMM rate")
+    for r in range(rounds if "gemm" in sections else 0):
+        for v in variants:
+            out = runner.caffe(v["engine"], ["gemm", "--sizes", "2048", "--repeats", "2"], v["env"])
+            gemm[v["label"]].extend(out["gflops"]["2048"])
+    res["gemm"] = gemm
+
+    # 2. AlexNet-PVCNN training step: every variant and PyTorch, interleaved.
+    log(f"AlexNet-PVCNN training step, {args.pairs} pairs, {rounds} rounds x {len(variants)} variants"
+        + (" + PyTorch" if tpy else ""))
+    alex = {v["label"]: [] for v in variants}
+    torch_res = []
+    for r in range(rounds):
+        for v in variants:
+            alex[v["label"]].append(runner.caffe(
+                v["engine"], ["train", "--model", "alexnet_pvcnn", "--pairs", args.pairs,
+                              "--iters", it_alex, "--warmup", 1], v["env"]))
+        if tpy:
+            torch_res.append(run_torch(tpy, ["--pairs", args.pairs, "--iters", it_alex, "--warmup", 1,
+                                             "--infer-batch", 16, "--infer-iters", 3]))
+        log(f"  round {r + 1}/{rounds}: " + ", ".join(
+            f"{k} {median(alex[k][-1]['step_s']):.2f} s" for k in alex)
+            + (f", torch {median(torch_res[-1]['step_s']):.2f} s" if tpy else ""))
+    res["alexnet"] = alex
+    res["torch_alexnet"] = torch_res
+
+    # 3. Other models (project engine), interleaved.
+    base = variants[0]
+    models = [("tiny_pvcnn", 16, 10), ("alexnet_pvcnn", args.pairs, it_alex)]
+    if not quick:
+        models.append(("vgg19_pvcnn", 2, 2))
+    log("training step of " + ", ".join(f"{m} ({p} pairs)" for m, p, _ in models if m != "alexnet_pvcnn"))
+    other = {m: [] for m, _, _ in models if m != "alexnet_pvcnn"}
+    for r in range(rounds if "models" in sections else 0):
+        for m, p, it in models:
+            if m == "alexnet_pvcnn":
+                continue
+            other[m].append(runner.caffe(base["engine"], ["train", "--model", m, "--pairs", p,
+                                                          "--iters", it, "--warmup", 1], base["env"]))
+    res["models"] = other
+
+    # 4. Inference (deploy nets), interleaved.
+    infer_models = [("tiny_pvcnn", 256, 10), ("alexnet_pvcnn", 32, 3)]
+    if not quick:
+        infer_models.append(("vgg19_pvcnn", 4, 2))
+    log("inference: " + ", ".join(f"{m} (batch {b})" for m, b, _ in infer_models))
+    infer = {m: [] for m, _, _ in infer_models}
+    for r in range(rounds if "infer" in sections else 0):
+        for m, b, it in infer_models:
+            infer[m].append(runner.caffe(base["engine"], ["infer", "--model", m, "--batch", b,
+                                                          "--iters", it, "--warmup", 1], base["env"]))
+    res["infer"] = {m: v for m, v in infer.items() if v}
+    res["models"] = {m: v for m, v in other.items() if v}
+
+    # 5. Where the time goes: per-layer breakdown + GEMM model (project engine).
+    log("per-layer breakdown of alexnet_pvcnn and tiny_pvcnn")
+    res["layers"] = {} if "layers" not in sections else {
+        "alexnet_pvcnn": runner.caffe(base["engine"], ["layers", "--model", "alexnet_pvcnn", "--pairs",
+                                                       args.pairs, "--iters", 2 if quick else 3], base["env"]),
+        "tiny_pvcnn": runner.caffe(base["engine"], ["layers", "--model", "tiny_pvcnn", "--pairs", 16,
+                                                    "--iters", 10], base["env"]),
+    }
+
+    # 6. Hooks for the data feed and pair sampling (bench/feeds.py).
+    try:
+        if "feeds" not in sections:
+            raise RuntimeError("not asked for (--sections)")
+        import feeds
+        log("data feed and pair sampling")
+        res["feeds"] = feeds.run(runner, base, quick)
+    except Exception as err:  # the modules may not exist yet
+        res["feeds"] = {"error": f"{type(err).__name__}: {err}"}
+        log(f"data feed / pair sampling not measured: {err}")
+
+    res["machine"]["loadavg_end"] = sh("cat /proc/loadavg")
+    res["elapsed_s"] = time.time() - started
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    import report
+    Path(args.out).write_text(report.render(res))
+    log(f"wrote {args.out} and {args.json} in {res['elapsed_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
