@@ -414,7 +414,11 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="*", default=[2048])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gemm", type=int, default=1, help="train: also time a 2048^3 GEMM (1) or not (0)")
+    ap.add_argument("--gpu", type=int, help="run on this GPU (bench/gpu.sh); default CPU")
     args = ap.parse_args()
+    if args.gpu is not None:
+        caffe.set_device(args.gpu)
+        caffe.set_mode_gpu()
     result = globals()[f"task_{args.task}"](args)
     result["task"] = args.task
     result["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
