@@ -3,7 +3,9 @@
 # per-user cache keyed by everything that affects the result, and link it into
 # the project. One recipe for `make caffe`, `make caffe CUDA=1` and the Dockerfile.
 #
-# Usage: engine/build_caffe.sh --python PATH [--link DIR]
+# Usage: engine/build_caffe.sh --python PATH [--link DIR] [--check]
+#   --check  build nothing: exit 0 when the cached build for these settings exists, 1 when
+#            a build would be needed (prints the key and the path either way).
 #
 # Settings (environment, all optional):
 #   CUDA=0|1          CPU_ONLY build (default 0) or a CUDA build.
@@ -13,7 +15,13 @@
 #                     Where cuBLAS/cuRAND come from: NVIDIA's PyPI wheels
 #                     (default; our machines have nvcc but no CUDA libraries)
 #                     or the CUDA toolkit itself (a CUDA base image).
-#   BLAS=open         BLAS Caffe links (Debian's OpenBLAS). See docs/ENGINE.md.
+#   BLAS=open|open-openmp|mkl
+#                     BLAS Caffe links: Debian's OpenBLAS as the system selects it
+#                     (open: its pthreads build), Debian's OpenBLAS built with OpenMP
+#                     threads (open-openmp: package libopenblas0-openmp, linked by
+#                     path; the system's choice is left alone), or Intel oneMKL from
+#                     PyPI (mkl: versions pinned in engine/mkl_requirements.txt,
+#                     installed into the cache). See docs/ENGINE.md, section "BLAS".
 #   JOBS              Parallel compile jobs (default: nproc).
 #   CAFFE_CACHE_DIR   Cache root (default ${XDG_CACHE_HOME:-~/.cache}/virality-caffe).
 #
@@ -30,11 +38,13 @@ DSC="caffe_${CAFFE_VERSION}.dsc"
 
 PYTHON=""
 LINK=""
+CHECK=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --python) PYTHON="$2"; shift 2 ;;
         --link) LINK="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --check) CHECK=1; shift ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "build_caffe.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -55,8 +65,8 @@ log() { echo "engine: $*"; }
 die() { echo "engine: error: $*" >&2; exit 1; }
 
 case "$BLAS" in
-    open) ;;
-    *) die "BLAS='$BLAS' is not supported; use BLAS=open (see docs/ENGINE.md)" ;;
+    open|open-openmp|mkl) ;;
+    *) die "BLAS='$BLAS' is not supported; use BLAS=open, open-openmp or mkl (see docs/ENGINE.md)" ;;
 esac
 
 # ---- the cache key: sources, patches, this script, flags, toolchain versions ----
@@ -72,6 +82,7 @@ key="$({
     cat "$HERE/SHA256SUMS"
     cat "$HERE"/patches/*.patch
     cat "$HERE/build_caffe.sh" "$HERE/cuda_wheels.txt"
+    if [[ "$BLAS" == "mkl" ]]; then cat "$HERE/mkl_requirements.txt"; fi
     echo "CUDA=$CUDA BLAS=$BLAS python/numpy=$py_info cuda=$cuda_info"
     cmake --version | head -1
     g++ --version | head -1
@@ -84,6 +95,11 @@ link_engine() {
     mv -T "$LINK.tmp.$$" "$LINK"
     log "linked $LINK -> $PREFIX"
 }
+
+if [[ "$CHECK" == "1" ]]; then
+    if [[ -f "$PREFIX/.complete" ]]; then log "up to date (cached build $PREFIX)"; exit 0; fi
+    log "a build is needed (key $key, $PREFIX)"; exit 1
+fi
 
 if [[ -f "$PREFIX/.complete" ]]; then
     log "up to date (cached build $PREFIX)"
@@ -136,6 +152,36 @@ cmake_args=(
 )
 case "$BLAS" in
     open) cmake_args+=(-DBLAS=Open) ;;
+    open-openmp)
+        # Debian's OpenMP build of the same OpenBLAS, by its path: libcaffe's RUNPATH
+        # then holds its directory (CMAKE_INSTALL_RPATH_USE_LINK_PATH), so the engine
+        # loads it whatever the system's libopenblas.so.0 alternative points to.
+        omp_lib="/usr/lib/$(gcc -print-multiarch)/openblas-openmp/libopenblas.so.0"
+        [[ -f "$omp_lib" ]] || die "BLAS=open-openmp needs $omp_lib: install the Debian package libopenblas0-openmp"
+        cmake_args+=(-DBLAS=Open "-DOpenBLAS_LIB=$omp_lib")
+        ;;
+    mkl)
+        # oneMKL from PyPI, pinned in mkl_requirements.txt, installed once per pin set.
+        mkl="$CACHE_ROOT/mkl-$(sha256sum "$HERE/mkl_requirements.txt" | cut -c1-12)"
+        if [[ ! -f "$mkl/.complete" ]]; then
+            log "installing oneMKL wheels into $mkl"
+            rm -rf "$mkl"
+            "$PYTHON" -m pip install -q --disable-pip-version-check --no-warn-script-location \
+                --prefix "$mkl" -r "$HERE/mkl_requirements.txt"
+            touch "$mkl/.complete"
+        fi
+        mkl_rt="$(ls "$mkl"/lib/libmkl_rt.so* 2>/dev/null | head -1)"
+        [[ -f "$mkl/include/mkl.h" && -n "$mkl_rt" ]] || die "mkl.h or libmkl_rt.so not found under $mkl"
+        # Caffe's FindMKL looks for an unversioned libmkl_rt.so, which the wheels do not
+        # ship: name the library and the include directory directly. mkl_rt picks its
+        # kernels (AVX-512, AVX2, ...) and its threading layer at run time. Caffe's
+        # CMake (CMAKE_INSTALL_RPATH_USE_LINK_PATH) puts $mkl/lib into the installed
+        # binaries' RUNPATH, where mkl_rt also finds its kernels and libiomp5.
+        cmake_args+=(
+            -DBLAS=MKL "-DMKL_ROOT=$mkl" "-DMKL_INCLUDE_DIR=$mkl/include"
+            -DMKL_USE_SINGLE_DYNAMIC_LIBRARY=ON "-DMKL_RT_LIBRARY=$mkl_rt"
+        )
+        ;;
 esac
 
 if [[ "$CUDA" == "1" ]]; then

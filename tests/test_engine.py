@@ -78,3 +78,36 @@ def test_project_packages_import_from_anywhere(tmp_path, root):
     out = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", code], cwd=tmp_path,
                          capture_output=True, text=True, env={"GLOG_minloglevel": "2", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _check(engine_dir, root, env_extra=None):
+    import os
+    env = dict(os.environ, **(env_extra or {}))
+    out = subprocess.run(["bash", str(engine_dir / "build_caffe.sh"), "--python", str(root / ".venv/bin/python"),
+                          "--check"], capture_output=True, text=True, env=env, timeout=120)
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_second_make_caffe_is_a_no_op_and_linked(root):
+    """The engine .venv uses is the cached build for the current recipe: `make caffe` rebuilds nothing."""
+    rc, log = _check(root / "engine", root)
+    assert rc == 0, log
+    prefix = log.split("cached build ")[1].split(")")[0]
+    assert (root / ".engine").resolve() == __import__("pathlib").Path(prefix).resolve()
+
+
+def test_cache_key_covers_patches_and_flags(root, tmp_path):
+    import shutil
+    engine = tmp_path / "engine"
+    shutil.copytree(root / "engine", engine)
+    rc, log = _check(engine, root)
+    key = log.split("engine-")[1][:16]
+    patch = sorted((engine / "patches").glob("*.patch"))[0]
+    patch.write_text(patch.read_text() + "\n")
+    rc2, log2 = _check(engine, root)
+    assert rc2 == 1 and log2.split("engine-")[1][:16] != key
+    patch.write_text(patch.read_text()[:-1])
+    rc3, log3 = _check(engine, root, {"CUDA_ARCH_BIN": "61"})   # ignored without CUDA=1: same key
+    assert log3.split("engine-")[1][:16] == key
+    rc4, log4 = _check(engine, root, {"BLAS": "no-such-blas"})
+    assert rc4 != 0 and "not supported" in log4
