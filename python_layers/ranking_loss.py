@@ -5,7 +5,7 @@
       bottom: "score" bottom: "score_p" bottom: "label"
       top: "loss" top: "accuracy"          # the second top is optional
       python_param { module: "python_layers.ranking_loss" layer: "RankingLoss"
-                     param_str: '{"lambda": 0.001, "epsilon": 0.01, "normalize": false}' }
+                     param_str: '{"lambda": 0.001, "epsilon": 0.1, "normalize": false}' }
       loss_weight: 1 loss_weight: 0        # Python layers have no default loss weight
     }
 """
@@ -27,11 +27,11 @@ class RankingLoss(caffe.Layer):
 
     param_str (JSON; every key optional, unknown keys are an error):
       lambda    (float, default 0.001): weight of E_r, the paper's lambda (Sec. 3).
-      epsilon   (float, default 0.01):  E_r = 1 / ((f2 - f1)^2 + epsilon); bounds the
+      epsilon   (float, default 0.1):   E_r = 1 / ((f2 - f1)^2 + epsilon); bounds the
                                         singularity at f1 = f2 (docs/LOSS.md). > 0.
       normalize (bool, default false):  false sums over the batch (Eq. 1); true
                                         divides the loss and gradients by N.
-      e.g. '{"lambda": 0.001, "epsilon": 0.01}'
+      e.g. '{"lambda": 0.001, "epsilon": 0.1}'
 
     Gradients are scaled by top[0].diff (loss_weight) and written only to the
     bottoms whose propagate_down is set; the label's diff is never written.

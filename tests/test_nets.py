@@ -142,6 +142,6 @@ def test_caffe_train_tiny_pvcnn_loss_falls(toy_project, caffe_cli):
     losses = [float(x) for x in re.findall(r"Iteration \d+ \(.*?\), loss = (\S+)", log)]
     accuracies = [float(x) for x in re.findall(r"Test net output #0: accuracy = (\S+)", log)]
     assert len(losses) >= 10 and accuracies, log[-3000:]
-    assert np.mean(losses[-3:]) < 0.2 * losses[0], losses
+    assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
     assert accuracies[-1] > 0.9, accuracies
     assert (toy_project / "models/tiny_pvcnn/tiny_pvcnn_iter_1000.caffemodel").exists()

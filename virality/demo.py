@@ -117,7 +117,9 @@ def topic_note(results):
         if pv and tp:
             diff = 100 * (tp.value - pv.value)
             overlap = tp.low <= pv.high and pv.low <= tp.high
-            verdict = ("helped" if diff > 0 else "did not help") + (
-                " (within the 95% intervals: not significant)" if overlap else " (outside the intervals)")
-            parts.append(f"{setting}: TPVCNN - PVCNN = {diff:+.2f} points, the topic branch {verdict}")
+            if overlap:
+                verdict = "no significant difference (the 95% intervals overlap)"
+            else:
+                verdict = "the topic branch helped" if diff > 0 else "the topic branch hurt"
+            parts.append(f"{setting}: TPVCNN - PVCNN = {diff:+.2f} points, {verdict}")
     return "Topic branch: " + "; ".join(parts) if parts else "Topic branch: no comparison available"

@@ -28,6 +28,7 @@ from caffe import layers as L, params as P
 from caffe.proto import caffe_pb2
 
 from virality.architectures import ARCHITECTURES, TowerNamer
+from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
 
 #: Sec. 3: "new layers ... Gaussian distribution with mean 0 and standard deviation 0.05".
 NEW_LAYER_FILLER = dict(type="gaussian", std=0.05)
@@ -207,7 +208,7 @@ def train_val_net(model_name, data_cfg):
         n.loss, n.accuracy = L.Python(
             score, score_p, n.label, ntop=2, loss_weight=[1.0, 0.0],
             python_param=dict(module="python_layers.ranking_loss", layer="RankingLoss",
-                              param_str=json.dumps({"lambda": 0.001, "epsilon": 0.01, "normalize": False})))
+                              param_str=json.dumps({"lambda": DEFAULT_LAMBDA, "epsilon": DEFAULT_EPSILON, "normalize": False})))
     net = n.to_proto()
     net.name = model.name
     return _with_test_data_layer(net, t.to_proto())

@@ -12,9 +12,9 @@ Numerics. With d = f1 - f2, g1 = sigmoid(d) = (1 + tanh(d/2)) / 2, so
 g2 - g1 = -tanh(d/2): no exponential is ever formed and nothing overflows for
 any finite score. E_r is singular at f1 = f2, exactly where a freshly initialised
 net starts; we use E_r = 1 / ((f2 - f1)^2 + epsilon) with a documented
-``epsilon`` > 0 (docs/LOSS.md). It changes E_r by less than epsilon relative
-wherever |f2 - f1| >= 1, bounds lambda * E_r by lambda / epsilon, and bounds its
-gradient by lambda * (9/8) * sqrt(epsilon/3) / epsilon^2.
+``epsilon`` > 0 (docs/LOSS.md). It changes E_r by a relative epsilon / (f2 - f1)^2
+(under 1% once |f2 - f1| >= 3.2 with the default 0.1), bounds lambda * E_r by
+lambda / epsilon, and bounds its gradient by lambda * (9/8) * sqrt(epsilon/3) / epsilon^2.
 
 Everything is computed in float64 and returned as float64; callers cast.
 """
@@ -24,8 +24,9 @@ import numpy as np
 
 #: Eq. 1's weight of the regularisation term (Sec. 3: "lambda = 0.001").
 DEFAULT_LAMBDA = 0.001
-#: Bound of the E_r singularity at f1 = f2 (our decision, docs/LOSS.md).
-DEFAULT_EPSILON = 0.01
+#: Bound of the E_r singularity at f1 = f2 (our decision, docs/LOSS.md): epsilon > 2 sqrt(lambda)
+#: (0.063) leaves no spurious equilibrium with the pairs in the wrong order near f1 = f2.
+DEFAULT_EPSILON = 0.1
 
 
 @dataclass(frozen=True)
