@@ -18,7 +18,6 @@ needs does not exist (yet):
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time

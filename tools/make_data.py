@@ -25,13 +25,13 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from virality.files import save_npy_atomic
 
 from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
     write_json
@@ -106,14 +106,7 @@ def write_stamp(output, digest, **inputs):
     write_json(stamp_path(output), dict(digest=digest, output=Path(output).name, inputs=inputs))
 
 
-def save_npy(path, array):
-    """Write a .npy atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+save_npy = save_npy_atomic
 
 
 # --------------------------------------------------------------------------- steps

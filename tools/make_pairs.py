@@ -13,26 +13,19 @@ result depends only on the dataset, setting, N and seed (virality/pairs.py,
 docs/PROTOCOL.md). --test-out also writes the setting's test pairs.
 """
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from virality.files import save_npy_atomic
+
 from virality.datasets.registry import dataset_names, default_setting, load_dataset
 from virality.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
 
 
-def save_npy(path, array):
-    """Write atomically: a killed run never leaves a truncated .npy."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+save_npy = save_npy_atomic
 
 
 def main(argv=None):

@@ -19,7 +19,6 @@ Errors are ``DownloadError`` subclasses with an ``exit_code`` for the tools.
 ``fetch_manifest(manifest)`` adds the Model Zoo knowledge: where the file goes,
 what to do when offline, and the loud warning for unverifiable files.
 """
-import hashlib
 import os
 import re
 import socket
@@ -30,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
+
+from virality.files import file_digest
 
 USER_AGENT = "virality-caffe-fetch-weights/1"
 
@@ -69,12 +70,8 @@ class FetchResult:
     attempts: int
 
 
-def file_sha1(path, chunk_size=1 << 20):
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha1(path):
+    return file_digest(path, "sha1")
 
 
 def _mb(n):

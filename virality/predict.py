@@ -3,7 +3,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from virality.imagestore import ImageProblem, load_image_bgr
 from virality.preprocess import InputSpec, forward_in_batches, to_input

@@ -19,7 +19,6 @@ then moved into place: nothing half-written.
 and returns a ``Release``; ``Release.net()`` builds the Caffe net.
 """
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from virality.files import file_digest
 from virality.paths import MODELS_DIR, PROTOTXT_DIR, ROOT, SOLVER_DIR
 
 RELEASE_FORMAT = "virality-release/1"
@@ -70,12 +70,8 @@ class Release:
         return caffe.Net(str(self.deploy), str(self.caffemodel), caffe.TEST)
 
 
-def sha256_file(path, chunk_size=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path):
+    return file_digest(path, "sha256")
 
 
 def release_dir(model_name):

@@ -16,8 +16,6 @@ What it adds to ``caffe train`` (which remains the faithful command-line path):
 import csv
 import gc
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from google.protobuf import text_format
 
 import caffe
 from caffe.proto import caffe_pb2
+from virality.files import write_text_atomic
 from virality.ranking import pairwise_accuracy
 
 MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
@@ -202,12 +201,7 @@ class CsvLog:
 
 
 def write_effective_solver(param, out_dir):
-    path = Path(out_dir) / "solver.effective.prototxt"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".solver.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text_format.MessageToString(param))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(Path(out_dir) / "solver.effective.prototxt", text_format.MessageToString(param))
 
 
 class Trainer:
