@@ -316,3 +316,21 @@ def test_make_train_refuses_weights_that_do_not_fit_before_training(root, tiny_r
     assert res.returncode != 0
     assert "does not initialise alexnet_pvcnn" in res.stderr
     assert "caffe train" not in res.stdout
+
+
+def test_release_preprocessing_matches_the_architecture(root, tiny_release, tmp_path):
+    """predict (release metadata) and evaluation (the architecture) prepare an image identically."""
+    import caffe
+    import cv2
+    from virality.architectures import ARCHITECTURES
+    from virality.predict import predict_files
+    from virality.preprocess import InputSpec, forward_in_batches, to_input
+    from virality.release import read_release
+    release = read_release(tiny_release)
+    assert InputSpec.of_release(release.metadata) == InputSpec.of_architecture(ARCHITECTURES["tiny"])
+    image = np.random.default_rng(3).integers(0, 255, (60, 45, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "x.png"), image)
+    (pred,) = predict_files(release, [tmp_path / "x.png"])
+    net = caffe.Net(str(root / "prototxt/tiny_pvcnn/deploy.prototxt"), str(release.caffemodel), caffe.TEST)
+    direct = forward_in_batches(net, to_input([image], InputSpec.of_architecture(ARCHITECTURES["tiny"])), "score")
+    assert pred.score == pytest.approx(float(direct[0, 0]), rel=1e-5)

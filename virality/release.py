@@ -189,7 +189,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
                 "mean_bgr": list(arch.mean_bgr),
                 "channels": "BGR",
                 "pixel_range": [0, 255],
-                "scale": 1.0,
+                "scale": arch.input_scale,
                 "preprocessing": (f"resize to {arch.image_size}x{arch.image_size}, centre crop "
                                   f"{arch.crop_size}x{arch.crop_size}, BGR order, subtract mean_bgr, "
                                   "multiply by scale; the deploy net does not subtract the mean itself"),
