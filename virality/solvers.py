@@ -47,7 +47,8 @@ SCHEDULES = {
     # tiny ranking nets keep the paper's base_lr: at 0.01 the TPVCNN's concatenated features
     # (the frozen topic branch's are ~6x larger) diverged (docs/TRAINING.md). The tiny Topic-CNN is
     # a softmax classifier trained from scratch, where 0.01 converges in 500 iterations.
-    ("tiny", "ranking"): Schedule(32, 1, 100, 10, 200, (600, 800, 900), 1000, 500, 50, "CPU"),
+    # test_iter 3 x 100 = the default synthetic world's 300 test pairs, each counted once.
+    ("tiny", "ranking"): Schedule(32, 1, 100, 3, 200, (600, 800, 900), 1000, 500, 50, "CPU"),
     ("tiny", "topic"): Schedule(64, 1, 100, 10, 200, (300, 400, 450), 500, 250, 50, "CPU", base_lr=0.01),
 }
 
