@@ -267,6 +267,20 @@ def task_infer(args):
     return {"model": args.model, "batch": args.batch, "forward_s": times}
 
 
+def _weight_layers(net, net_param):
+    """(name, type, LayerParameter, bottom shape, top shape, bottom is a net input) of every
+    Convolution and InnerProduct layer, in net order."""
+    params = {l.name: l for l in net_param.layer}
+    inputs = set(net.inputs)
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type not in ("Convolution", "InnerProduct"):
+            continue
+        bottom = net.bottom_names[name][0]
+        top = net.top_names[name][0]
+        yield (name, layer.type, params[name], net.blobs[bottom].data.shape, net.blobs[top].data.shape,
+               bottom in inputs)
+
+
 def flop_count(net, net_param):
     """GEMM FLOPs of one forward and one training pass (forward + backward) of ``net``.
 
@@ -274,18 +288,10 @@ def flop_count(net, net_param):
     Backward costs twice the forward (weight and data gradients), except that no data
     gradient is computed for a layer whose bottom is a net input.
     """
-    params = {l.name: l for l in net_param.layer}
     fwd = train = 0.0
-    inputs = set(net.inputs)
-    for name, layer in zip(net._layer_names, net.layers):
-        if layer.type not in ("Convolution", "InnerProduct"):
-            continue
-        bottom = net.bottom_names[name][0]
-        top = net.top_names[name][0]
-        bshape = net.blobs[bottom].data.shape
-        tshape = net.blobs[top].data.shape
-        if layer.type == "Convolution":
-            cp = params[name].convolution_param
+    for name, ltype, lparam, bshape, tshape, from_input in _weight_layers(net, net_param):
+        if ltype == "Convolution":
+            cp = lparam.convolution_param
             k = list(cp.kernel_size) or [cp.kernel_h, cp.kernel_w]
             kh, kw = (k[0], k[-1])
             macs = np.prod(tshape, dtype=np.float64) * (bshape[1] // max(cp.group, 1)) * kh * kw
@@ -293,7 +299,7 @@ def flop_count(net, net_param):
             macs = np.prod(tshape, dtype=np.float64) * (np.prod(bshape[1:], dtype=np.float64))
         f = 2.0 * macs
         fwd += f
-        train += f + f + (0.0 if bottom in inputs else f)
+        train += f + f + (0.0 if from_input else f)
     return {"forward": fwd, "train": train}
 
 
@@ -306,20 +312,12 @@ def gemm_calls(net, net_param, batch_images):
     image and group (bias gradient is a GEMV, left out). InnerProduct: one GEMM for
     the batch (+ bias), backward two.
     """
-    params = {l.name: l for l in net_param.layer}
-    inputs = set(net.inputs)
     out = {}
-    for name, layer in zip(net._layer_names, net.layers):
-        if layer.type not in ("Convolution", "InnerProduct"):
-            continue
-        bottom = net.bottom_names[name][0]
-        top = net.top_names[name][0]
-        bshape = net.blobs[bottom].data.shape
-        tshape = net.blobs[top].data.shape
+    for name, ltype, lparam, bshape, tshape, from_input in _weight_layers(net, net_param):
         n = bshape[0]
-        prop_down = bottom not in inputs
-        if layer.type == "Convolution":
-            cp = params[name].convolution_param
+        prop_down = not from_input
+        if ltype == "Convolution":
+            cp = lparam.convolution_param
             g = max(cp.group, 1)
             k = list(cp.kernel_size) or [cp.kernel_h, cp.kernel_w]
             kdim = bshape[1] // g * k[0] * k[-1]

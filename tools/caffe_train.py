@@ -22,14 +22,9 @@ from pathlib import Path
 
 from virality.nets import MODELS, get_model
 from virality.paths import MODELS_DIR, ROOT, SOLVER_DIR
-from virality.training import read_solver
+from virality.release import default_snapshot
 
 CAFFE = ROOT / ".venv" / "bin" / "caffe"
-
-
-def final_snapshot(model):
-    solver = read_solver(SOLVER_DIR / f"{model}.prototxt")
-    return ROOT / f"{solver.snapshot_prefix}_iter_{solver.max_iter}.caffemodel"
 
 
 def caffe_train(model, weights=None, gpu=None):
@@ -65,7 +60,7 @@ def main(argv=None):
 
     if model.kind == "tpvcnn":
         topic = f"{model.arch}_topic"
-        topic_snapshot = final_snapshot(topic)
+        topic_snapshot = default_snapshot(topic)
         if not topic_snapshot.exists():
             print(f"caffe_train: {args.model} needs the Topic-CNN {topic}: training it first", flush=True)
             if weights:

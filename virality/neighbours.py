@@ -5,7 +5,7 @@ for TPVCNN. Neighbours are by cosine similarity (features L2-normalised).
 """
 import numpy as np
 
-from virality.preprocess import chw_to_input
+from virality.preprocess import chw_to_input, forward_blobs
 
 
 def feature_blob(net):
@@ -18,16 +18,14 @@ def feature_blob(net):
 
 def features_and_scores(net, store, ids, spec, batch_size=64):
     """(features (N, D) float32, scores (N,) float64) for image ids from an ImageStore."""
-    blob = feature_blob(net)
-    feats, scores = [], []
+    blobs = [feature_blob(net), "score"]
     ids = np.asarray(ids)
-    for start in range(0, ids.size, batch_size):
+    feats, scores = [], []
+    for start in range(0, ids.size, batch_size):       # one batch of pixels in memory at a time
         inputs = chw_to_input(store.read_chw(ids[start:start + batch_size]), spec)
-        net.blobs["data"].reshape(*inputs.shape)
-        net.blobs["data"].data[...] = inputs
-        net.forward()
-        feats.append(np.array(net.blobs[blob].data, dtype=np.float32).reshape(len(inputs), -1))
-        scores.append(np.array(net.blobs["score"].data, dtype=np.float64).reshape(-1))
+        f, s = forward_blobs(net, inputs, blobs, batch_size)
+        feats.append(f.astype(np.float32))
+        scores.append(s[:, 0])
     return np.concatenate(feats), np.concatenate(scores)
 
 

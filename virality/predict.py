@@ -32,24 +32,26 @@ def collect_images(paths):
 
 
 def predict_files(release, paths, batch_size=32, net=None):
-    """One Prediction per file (and per missing path), in input order; bad files get an error."""
+    """One Prediction per file and per missing path; files that cannot be read get an error."""
     spec = InputSpec.of_release(release.metadata)
     net = net or release.net()
     files, missing = collect_images(paths)
     results = [Prediction(str(p), error="no such file or directory") for p in missing]
-    good, images = [], []
-    for f in files:
-        try:
-            image, _notes = load_image_bgr(f)
-        except ImageProblem as err:
-            results.append(Prediction(str(f), error=f"{err.kind}: {err.detail}"))
+    # Decode one batch at a time: a folder of any size costs one batch of pixels.
+    for start in range(0, len(files), batch_size):
+        good, images = [], []
+        for f in files[start:start + batch_size]:
+            try:
+                image, _notes = load_image_bgr(f)
+            except ImageProblem as err:
+                results.append(Prediction(str(f), error=f"{err.kind}: {err.detail}"))
+                continue
+            good.append(f)
+            images.append(image)
+        if not images:
             continue
-        good.append(f)
-        images.append(image)
-    for start in range(0, len(images), batch_size):
-        chunk = to_input(images[start:start + batch_size], spec)
-        out = forward_in_batches(net, chunk, release.output_blob, batch_size)
-        for f, row in zip(good[start:start + batch_size], out):
+        out = forward_in_batches(net, to_input(images, spec), release.output_blob, batch_size)
+        for f, row in zip(good, out):
             if release.output_blob == "score":
                 results.append(Prediction(str(f), score=float(row[0])))
             else:

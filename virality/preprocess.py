@@ -50,13 +50,19 @@ def chw_to_input(chw_uint8, spec):
     return (crop - mean) * spec.scale
 
 
-def forward_in_batches(net, inputs, output_blob, batch_size=64):
-    """Run a deploy net over float32 inputs (N, 3, c, c); return output (N, ...) as float64."""
-    outs = []
+def forward_blobs(net, inputs, blobs, batch_size=64):
+    """Run a deploy net over float32 inputs (N, 3, c, c); return each named blob as (N, -1) float64."""
+    outs = {b: [] for b in blobs}
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start:start + batch_size]
         net.blobs["data"].reshape(*chunk.shape)
         net.blobs["data"].data[...] = chunk
         net.forward()
-        outs.append(np.array(net.blobs[output_blob].data, dtype=np.float64).reshape(len(chunk), -1))
-    return np.concatenate(outs) if outs else np.empty((0, 1))
+        for b in blobs:
+            outs[b].append(np.array(net.blobs[b].data, dtype=np.float64).reshape(len(chunk), -1))
+    return [np.concatenate(outs[b]) if outs[b] else np.empty((0, 1)) for b in blobs]
+
+
+def forward_in_batches(net, inputs, output_blob, batch_size=64):
+    """One output blob of a deploy net over float32 inputs, as (N, -1) float64."""
+    return forward_blobs(net, inputs, [output_blob], batch_size)[0]

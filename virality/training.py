@@ -15,6 +15,7 @@ What it adds to ``caffe train`` (which remains the faithful command-line path):
 """
 import csv
 import gc
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import caffe
 from caffe.proto import caffe_pb2
 from virality.files import write_text_atomic
 from virality.ranking import pairwise_accuracy
+from virality.weights import read_net_param
 
 MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
 
@@ -60,12 +62,6 @@ def read_solver(path):
     return param
 
 
-def read_net(path):
-    param = caffe_pb2.NetParameter()
-    text_format.Merge(Path(path).read_text(), param)
-    return param
-
-
 def resolve_net_path(net, solver_path, workdir):
     """A solver's net path: absolute as is; relative to the generator's output root
     (the solver file's grandparent: <root>/solvers/<model>.prototxt) when the net is
@@ -79,7 +75,6 @@ def resolve_net_path(net, solver_path, workdir):
 
 def count_test_records(net_param, workdir):
     """Number of records the TEST-phase data layer of a train_val net reads."""
-    import json
     for layer in net_param.layer:
         if not any(rule.phase == caffe.TEST for rule in layer.include):
             continue
@@ -225,7 +220,8 @@ class Trainer:
         self.val_interval = config.val_interval or self.base.test_interval or 1000
         self.display = config.display or self.base.display or 20
         self.dropper = PlateauDropper(config.patience, config.min_delta)
-        self.num_test = count_test_records(read_net(net_path), config.workdir)
+        self.net_param = read_net_param(net_path)
+        self.num_test = count_test_records(self.net_param, config.workdir)
 
     # -- solver construction ------------------------------------------------------------
     def _solver_param(self, drops):
@@ -289,7 +285,7 @@ class Trainer:
         start = solver.iter
         if start:
             seek_python_feeds(start * max(1, self.base.iter_size))
-            if any(layer.type == "Data" for layer in read_net(self.base.net).layer):
+            if any(layer.type == "Data" for layer in self.net_param.layer):
                 self.log("train: note: resuming a net fed by Caffe's Data layer (pair LMDB) is not "
                          "bit-identical: its cursor and crop/mirror RNG are not in the solverstate. "
                          "Use --feed pair_index nets for exact resume (docs/TRAINING.md).")
