@@ -10,7 +10,8 @@ Tasks:
            and forward+backward alone, on random inputs
   infer    deploy net forward (images/s)
   layers   per-layer forward/backward times, and a GEMM model of each layer: the
-           time of exactly the cblas_sgemm calls Caffe makes for it, timed alone
+           time of exactly the cblas_sgemm calls this engine makes for it (Caffe 1.0's
+           per-image convolution, or patch 0004's per-chunk one), timed alone
 
 The process imports whichever pycaffe is first on PYTHONPATH (run.py points it at
 one engine).
@@ -303,14 +304,33 @@ def flop_count(net, net_param):
     return {"forward": fwd, "train": train}
 
 
-def gemm_calls(net, net_param, batch_images):
-    """The cblas_sgemm calls Caffe 1.0 makes per layer: {name: (fwd_calls, bwd_calls)}.
+def engine_root():
+    """The engine directory whose pycaffe this process imported (<engine>/lib/python3/dist-packages/caffe)."""
+    return Path(caffe.__file__).resolve().parents[4]
 
-    Each call: (transA, transB, M, N, K, count). Convolution loops over the images of
-    the batch (base_conv_layer.cpp): per image and group, one GEMM on the im2col
-    buffer, plus a rank-1 GEMM for the bias; backward: weight and data gradients per
-    image and group (bias gradient is a GEMV, left out). InnerProduct: one GEMM for
-    the batch (+ bias), backward two.
+
+def batched_convolution():
+    """True when the engine carries patch 0004 (one GEMM per group for a chunk of images)."""
+    return (engine_root() / "include" / "caffe" / "util" / "parallel.hpp").exists()
+
+
+def conv_chunk(images, rows, out_channels, pixels):
+    """Images per chunk in patch 0004's ConvolutionLayer (its images_per_chunk())."""
+    megabytes = int(os.environ.get("CAFFE_CONV_WORKSPACE_MB", "256"))
+    per_image = (rows + out_channels) * pixels * 4
+    return max(1, min(images, (megabytes << 20) // per_image))
+
+
+def gemm_calls(net, net_param, batched):
+    """The cblas_sgemm calls the engine makes per layer: {name: (fwd_calls, bwd_calls)}.
+
+    Each call: (transA, transB, M, N, K, count). Caffe 1.0 (batched=False) loops over
+    the images of the batch (base_conv_layer.cpp): per image and group, one GEMM on
+    the im2col buffer, plus a rank-1 GEMM for the bias; backward: weight and data
+    gradients per image and group (the bias gradient is a GEMV, left out). Patch 0004
+    (batched=True): per chunk of images and group, one GEMM with N (or K for the
+    weight gradient) = chunk images x output pixels; the bias is added while copying
+    out. InnerProduct: one GEMM for the batch (+ bias), backward two.
     """
     out = {}
     for name, ltype, lparam, bshape, tshape, from_input in _weight_layers(net, net_param):
@@ -322,10 +342,18 @@ def gemm_calls(net, net_param, batch_images):
             k = list(cp.kernel_size) or [cp.kernel_h, cp.kernel_w]
             kdim = bshape[1] // g * k[0] * k[-1]
             cout, hw = tshape[1], tshape[2] * tshape[3]
-            fwd = [(NO_TRANS, NO_TRANS, cout // g, hw, kdim, n * g), (NO_TRANS, NO_TRANS, cout, hw, 1, n)]
-            bwd = [(NO_TRANS, TRANS, cout // g, kdim, hw, n * g)]
-            if prop_down:
-                bwd.append((TRANS, NO_TRANS, kdim, hw, cout // g, n * g))
+            if batched:
+                chunk = conv_chunk(n, kdim * g, cout, hw)
+                sizes = [chunk] * (n // chunk) + ([n % chunk] if n % chunk else [])
+                fwd = [(NO_TRANS, NO_TRANS, cout // g, hw * c, kdim, g) for c in sizes]
+                bwd = [(NO_TRANS, TRANS, cout // g, kdim, hw * c, g) for c in sizes]
+                if prop_down:
+                    bwd += [(TRANS, NO_TRANS, kdim, hw * c, cout // g, g) for c in sizes]
+            else:
+                fwd = [(NO_TRANS, NO_TRANS, cout // g, hw, kdim, n * g), (NO_TRANS, NO_TRANS, cout, hw, 1, n)]
+                bwd = [(NO_TRANS, TRANS, cout // g, kdim, hw, n * g)]
+                if prop_down:
+                    bwd.append((TRANS, NO_TRANS, kdim, hw, cout // g, n * g))
         else:
             fin = int(np.prod(bshape[1:]))
             fout = tshape[1]
@@ -363,41 +391,20 @@ def task_layers(args):
             net._backward(i, i)
             bwd[names[i]].append(time.perf_counter() - t0)
         total.append(time.perf_counter() - t_all)
-    # GEMM model: the same calls, timed alone on the same BLAS.
+    # GEMM model: the calls this engine makes, timed alone on the same BLAS.
     g = Gemm()
-    calls = gemm_calls(net, net_param, args.pairs)
+    batched = batched_convolution()
     model = {}
-    batched = {}
-    for name, (fc, bc) in calls.items():
+    for name, (fc, bc) in gemm_calls(net, net_param, batched).items():
         f = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in fc)
         b = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in bc)
         model[name] = (f, b)
-        # What-if: one GEMM per group over the whole batch (im2col of all images at once).
-        if types[names.index(name)] == "Convolution":
-            def merged(cs):
-                t = 0.0
-                for ta, tb, m, n, k, cnt in cs:
-                    if k == 1:          # bias: rank-1 update, as one call over the batch
-                        t += g.seconds(ta, tb, m, n * cnt, k)
-                        continue
-                    per_image = args.pairs
-                    groups = cnt // per_image
-                    if ta == NO_TRANS and tb == NO_TRANS:      # forward: N = images * HW
-                        t += groups * g.seconds(ta, tb, m, n * per_image, k)
-                    elif tb == TRANS:                          # weight grad: K = images * HW
-                        t += groups * g.seconds(ta, tb, m, n, k * per_image)
-                    else:                                      # data grad: N = images * HW
-                        t += groups * g.seconds(ta, tb, m, n * per_image, k)
-                return t
-            batched[name] = (merged(fc), merged(bc))
     layers = [{"name": n, "type": t,
                "forward_s": common.median(fwd[n]), "backward_s": common.median(bwd[n]),
-               "gemm_forward_s": model.get(n, (0.0, 0.0))[0], "gemm_backward_s": model.get(n, (0.0, 0.0))[1],
-               "batched_gemm_forward_s": batched.get(n, (None, None))[0],
-               "batched_gemm_backward_s": batched.get(n, (None, None))[1]}
+               "gemm_forward_s": model.get(n, (0.0, 0.0))[0], "gemm_backward_s": model.get(n, (0.0, 0.0))[1]}
               for n, t in zip(names, types)]
     return {"model": args.model, "pairs": args.pairs, "total_s": total, "layers": layers,
-            "flops": flop_count(net, net_param), "blas": blas_info()}
+            "batched_convolution": batched, "flops": flop_count(net, net_param), "blas": blas_info()}
 
 
 def main():
@@ -420,6 +427,8 @@ def main():
     result = globals()[f"task_{args.task}"](args)
     result["task"] = args.task
     result["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+                                                  "OPENBLAS_THREAD_TIMEOUT", "CAFFE_CPU_THREADS",
+                                                  "CAFFE_CONV_WORKSPACE_MB",
                                                   "MKL_NUM_THREADS", "OMP_NUM_THREADS",
                                                   "MKL_ENABLE_INSTRUCTIONS", "MKL_THREADING_LAYER")
                      if k in os.environ}

@@ -54,33 +54,27 @@ def group_layers(layers):
     out = OrderedDict()
     for l in layers:
         key = l["name"][:-2] if l["name"].endswith("_p") else l["name"]
-        g = out.setdefault(key, {"name": key, "type": l["type"], "n": 0, "fwd": 0.0, "bwd": 0.0,
-                                 "gemm": 0.0, "batched": 0.0, "has_batched": False})
+        g = out.setdefault(key, {"name": key, "type": l["type"], "n": 0, "fwd": 0.0, "bwd": 0.0, "gemm": 0.0})
         g["n"] += 1
         g["fwd"] += l["forward_s"]
         g["bwd"] += l["backward_s"]
         g["gemm"] += l["gemm_forward_s"] + l["gemm_backward_s"]
-        if l.get("batched_gemm_forward_s") is not None:
-            g["batched"] += l["batched_gemm_forward_s"] + l["batched_gemm_backward_s"]
-            g["has_batched"] = True
     return list(out.values())
+
+
+CATEGORIES = ("GEMM (BLAS) in conv + fc", "conv outside GEMM (im2col/col2im, copies, bias)",
+              "fc outside GEMM", "LRN", "Pooling", "ReLU", "Dropout", "Python loss", "other")
 
 
 def categories(layers):
     """Seconds per category of one forward+backward, from the per-layer breakdown."""
-    cat = OrderedDict((k, 0.0) for k in (
-        "GEMM (BLAS) in conv + fc", "conv outside GEMM (im2col/col2im, bias, loops)",
-        "fc outside GEMM", "LRN", "Pooling", "ReLU", "Dropout", "Python loss", "other"))
-    batched_saving = 0.0
+    cat = OrderedDict((k, 0.0) for k in CATEGORIES)
     for l in layers:
         t = l["forward_s"] + l["backward_s"]
         g = min(l["gemm_forward_s"] + l["gemm_backward_s"], t)
         if l["type"] == "Convolution":
             cat["GEMM (BLAS) in conv + fc"] += g
-            cat["conv outside GEMM (im2col/col2im, bias, loops)"] += t - g
-            if l.get("batched_gemm_forward_s") is not None:
-                bt = l["batched_gemm_forward_s"] + l["batched_gemm_backward_s"]
-                batched_saving += max(0.0, l["gemm_forward_s"] + l["gemm_backward_s"] - bt)
+            cat["conv outside GEMM (im2col/col2im, copies, bias)"] += t - g
         elif l["type"] == "InnerProduct":
             cat["GEMM (BLAS) in conv + fc"] += g
             cat["fc outside GEMM"] += t - g
@@ -90,7 +84,7 @@ def categories(layers):
             cat["Python loss"] += t
         else:
             cat["other"] += t
-    return cat, batched_saving
+    return cat
 
 
 def render(res):
@@ -234,7 +228,10 @@ def render(res):
     w("")
 
     # ---- BLAS comparison
-    w("## BLAS set-ups compared (AlexNet-PVCNN, 16 pairs, 227x227)")
+    w(f"## Engines and settings compared (AlexNet-PVCNN, {pairs} pairs, 227x227)")
+    w("")
+    w("Each row is an engine (`project`: the one `make caffe` builds; `caffe-1.0`: Debian's Caffe with "
+      "patches 0001-0003 only, when one is in the cache) plus environment settings.")
     w("")
     w("| variant | BLAS | forward+backward (s), median | per-round range | training step (s) | "
       "GEMM 2048^3 GFLOP/s | forward+backward time vs first row, in-round (lower is faster) |")
@@ -293,110 +290,100 @@ def render(res):
 
 
 def where_time_goes(w, res, lay, alex, base, pairs, torch_res, torch_pps, ceiling_pps):
+    ref = (res.get("layers_reference") or {}).get("alexnet_pvcnn")
+    ref_label = (res.get("layers_reference") or {}).get("engine")
+    batched = lay.get("batched_convolution")
     w("## Where Caffe's time goes (AlexNet-PVCNN, per layer)")
     w("")
     w(f"Per-layer forward and backward times (pycaffe `Net._forward(i, i)` / `_backward(i, i)`, the "
       f"same per-layer timing `caffe time` does; median of {len(lay['total_s'])} passes, engine `{base}`), "
-      f"the two towers' layers summed per row. *GEMM model*: exactly the `cblas_sgemm` calls Caffe 1.0 "
-      f"makes for that layer (per image and group for convolutions), timed alone on the same BLAS; the "
-      f"rest of a conv/fc layer is Caffe's own single-threaded code (im2col/col2im, bias, loops). *Batched*: "
-      f"the same convolution GEMMs if Caffe made one call per group for the whole batch "
-      f"(N = images x output pixels) instead of one per image.")
+      f"the two towers' layers summed per row. *GEMM model*: exactly the `cblas_sgemm` calls this engine "
+      f"makes for that layer, timed alone on the same BLAS ("
+      + ("one call per group for a chunk of images, engine patch 0004" if batched else
+         "one call per image and group, as in Caffe 1.0")
+      + "); *outside GEMM* is the rest of a conv/fc layer (im2col/col2im, layout copies, bias)."
+      + (f" *Caffe 1.0*: the same layer on engine `{ref_label}` (Debian's Caffe with patches 0001-0003 "
+         f"only: per-image GEMMs, single-threaded loops), in its own run." if ref else ""))
     w("")
-    w("| layer (both towers) | type | forward (ms) | backward (ms) | share | GEMM model (ms) | outside GEMM (ms) | "
-      "batched GEMM (ms) |")
-    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ref_groups = {g["name"]: g for g in group_layers(ref["layers"])} if ref else {}
+    w("| layer (both towers) | type | forward (ms) | backward (ms) | share | GEMM model (ms) | outside GEMM (ms) |"
+      + (" Caffe 1.0 forward+backward (ms) |" if ref else ""))
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if ref else ""))
     groups = group_layers(lay["layers"])
     total = sum(g["fwd"] + g["bwd"] for g in groups)
     for g in groups:
         t = g["fwd"] + g["bwd"]
         gm = f"{g['gemm'] * 1e3:.1f}" if g["type"] in ("Convolution", "InnerProduct") else ""
         outside = f"{max(0.0, t - g['gemm']) * 1e3:.1f}" if gm else ""
-        bt = f"{g['batched'] * 1e3:.1f}" if g["has_batched"] else ""
+        extra = ""
+        if ref:
+            r = ref_groups.get(g["name"])
+            extra = f" {(r['fwd'] + r['bwd']) * 1e3:.1f} |" if r else " |"
         w(f"| {g['name']} | {g['type']} | {g['fwd'] * 1e3:.1f} | {g['bwd'] * 1e3:.1f} | {t / total:.1%} | "
-          f"{gm} | {outside} | {bt} |")
+          f"{gm} | {outside} |{extra}")
+    ref_total = sum(g["fwd"] + g["bwd"] for g in ref_groups.values()) if ref else None
     w(f"| **total** | | {sum(g['fwd'] for g in groups) * 1e3:.0f} | {sum(g['bwd'] for g in groups) * 1e3:.0f} | "
-      f"100% | {sum(g['gemm'] for g in groups) * 1e3:.0f} | | |")
+      f"100% | {sum(g['gemm'] for g in groups) * 1e3:.0f} | |" + (f" {ref_total * 1e3:.0f} |" if ref else ""))
     w("")
-    cat, batched_saving = categories(lay["layers"])
+    cat = categories(lay["layers"])
+    ref_cat = categories(ref["layers"]) if ref else None
     step = med(iters(alex[base], "step_s"))
     update = med(iters(alex[base], "update_s"))
-    w("By category, and who can fix it:")
+    w("By category:")
     w("")
-    w("| where | ms per step | share | whose | what a fix would gain |")
-    w("| --- | ---: | ---: | --- | --- |")
-    single = sum(cat[k] for k in ("conv outside GEMM (im2col/col2im, bias, loops)", "LRN", "Pooling", "ReLU", "Dropout"))
-    whose = {
-        "GEMM (BLAS) in conv + fc": ("ours: the BLAS choice and its threads (docs/ENGINE.md)",
-                                     f"batching the conv GEMMs over the images (a Caffe patch) would save "
-                                     f"{batched_saving * 1e3:.0f} ms"),
-        "conv outside GEMM (im2col/col2im, bias, loops)": ("inside Caffe (single-threaded im2col/col2im)",
-                                                            "<= half with 2 threads (OpenMP patch)"),
-        "fc outside GEMM": ("inside Caffe", "-"),
-        "LRN": ("inside Caffe (single-threaded loops)", "<= half with 2 threads"),
-        "Pooling": ("inside Caffe (single-threaded)", "<= half with 2 threads"),
-        "ReLU": ("inside Caffe (single-threaded)", "<= half with 2 threads"),
-        "Dropout": ("inside Caffe (single-threaded; random numbers)", "<= half with 2 threads"),
-        "Python loss": ("ours (python_layers/ranking_loss.py)", "-"),
-        "other": ("Input / Split layers", "-"),
+    w("| where | ms per step | share | what runs it |" + (" Caffe 1.0 (ms) |" if ref else ""))
+    w("| --- | ---: | ---: | --- |" + (" ---: |" if ref else ""))
+    threads = "Caffe's CPU threads (patch 0004)" if batched else "one core (Caffe 1.0)"
+    runs = {
+        "GEMM (BLAS) in conv + fc": "the BLAS and its threads (docs/ENGINE.md); "
+                                    + ("one GEMM per group for a chunk of images" if batched
+                                       else "one GEMM per image and group"),
+        "conv outside GEMM (im2col/col2im, copies, bias)": threads,
+        "fc outside GEMM": "-",
+        "LRN": threads, "Pooling": threads, "ReLU": threads,
+        "Dropout": "one core (random numbers)",
+        "Python loss": "ours (python_layers/ranking_loss.py)",
+        "other": "Input / Split layers",
     }
     for k, v in cat.items():
-        w(f"| {k} | {v * 1e3:.0f} | {v / total:.1%} | {whose[k][0]} | {whose[k][1]} |")
-    w(f"| SGD update (`Solver::ApplyUpdate`, timed alone) | {update * 1e3:.0f} | | inside Caffe "
-      f"(weight decay, momentum, update: BLAS level 1 over all parameters) | - |")
-    w("")
-    # Projections.
-    par_gain = single / 2
-    proj = OrderedDict([
-        ("as measured", step),
-        ("+ 2-thread im2col/col2im, LRN, pooling, ReLU, dropout (ideal)", step - par_gain),
-        ("+ one GEMM per group for the whole batch", step - batched_saving),
-        ("both", step - par_gain - batched_saving),
-    ])
-    w("What the Caffe patches would buy, estimated from the table above (time per step; the 2-thread "
-      "figure assumes perfect scaling of the single-threaded parts, an upper bound):")
-    w("")
-    w("| engine | step (s) | pairs/s | % of GEMM ceiling |" + (" vs PyTorch |" if torch_res else ""))
-    w("| --- | ---: | ---: | ---: |" + (" ---: |" if torch_res else ""))
-    for k, v in proj.items():
-        pps = pairs / v
-        extra = f" {pps / torch_pps:.2f}x |" if torch_res else ""
-        w(f"| {k} | {v:.3f} | {pps:.1f} | {pps / ceiling_pps:.0%} |{extra}")
+        extra = f" {ref_cat[k] * 1e3:.0f} |" if ref else ""
+        w(f"| {k} | {v * 1e3:.0f} | {v / total:.1%} | {runs[k]} |{extra}")
+    w(f"| SGD update (`Solver::ApplyUpdate`, timed alone) | {update * 1e3:.0f} | | Caffe's solver: weight "
+      f"decay, momentum, update, BLAS level 1 over all parameters |" + (" |" if ref else ""))
     w("")
     # The gap, in words.
     need = [pairs / (TARGET_CEILING * ceiling_pps)]
     if torch_pps:
         need.append(pairs / (TARGET_VS_TORCH * torch_pps))
     gemm_t = cat["GEMM (BLAS) in conv + fc"]
+    rest = total - gemm_t
     pieces = []
     for g in groups:
         t = g["fwd"] + g["bwd"]
-        if g["type"] == "Convolution":
-            pieces.append((max(0.0, t - g["gemm"]), f"{g['name']} outside its GEMMs (im2col/col2im)"))
+        if g["type"] in ("Convolution", "InnerProduct"):
+            pieces.append((max(0.0, t - g["gemm"]), f"{g['name']} outside its GEMMs"))
         elif g["type"] in ("LRN", "Pooling", "ReLU", "Dropout"):
             pieces.append((t, f"{g['name']} ({g['type']})"))
     pieces.sort(reverse=True)
-    top_single = ", ".join(f"{n} {t * 1e3:.0f} ms" for t, n in pieces[:4])
-    w(f"**The gap.** To meet the targets a step would have to take at most {min(need):.2f} s "
+    top_rest = ", ".join(f"{n} {t * 1e3:.0f} ms" for t, n in pieces[:4])
+    flops_fb = lay["flops"]["train"]
+    gemm_rate = ceiling_pps * alex[base][0]["flops"]["train"] / pairs / 1e9
+    met = step <= min(need)
+    w(f"**The budget.** Meeting both targets takes a step of at most {min(need):.2f} s "
       + (f"({pairs / (TARGET_VS_TORCH * torch_pps):.2f} s for {TARGET_VS_TORCH}x PyTorch, " if torch_pps else "(")
-      + f"{pairs / (TARGET_CEILING * ceiling_pps):.2f} s for half the GEMM ceiling); it takes {step:.2f} s. "
-      f"Of a forward+backward pass ({total:.2f} s in this breakdown), the GEMMs themselves, as Caffe "
-      f"issues them (one call per image and group, on 2 BLAS threads), take {gemm_t:.2f} s, "
-      f"{gemm_t / total:.0%}; Caffe's single-threaded code (im2col/col2im, LRN, pooling, ReLU, "
-      f"dropout) takes {single:.2f} s, {single / total:.0%} (the largest pieces: {top_single}); the Python loss is "
-      f"negligible and the SGD update takes {update:.2f} s. Even with both Caffe patches estimated "
-      f"above (an upper bound), a step would take {proj['both']:.2f} s: "
-      + ("enough for the targets." if proj["both"] <= min(need) else
-         "still short of the targets, because the GEMMs on 2 cores at the rates Caffe's per-image "
-         "shapes reach are by themselves close to the time budget.")
-      + (" PyTorch, faster here, runs every layer on both cores (oneDNN's direct convolutions need "
-         "no im2col, and its pooling, LRN and ReLU are multi-threaded)."
-         if torch_pps and torch_pps > pairs / step else "")
-      + " What is ours to fix has been fixed or measured: the BLAS and its threads "
-      "(docs/ENGINE.md: the kernels it picks are right, and the pthreads build is the robust choice), "
-      "the Python layers (the loss and the feeds, items 3 and 5), and the batch shape (the fc layers "
-      "are one GEMM per batch; the convolutions are one GEMM per image at any batch size, which only "
-      "a Caffe patch changes). The rest is inside Caffe, and the table above is what a patch would buy.")
+      + f"{pairs / (TARGET_CEILING * ceiling_pps):.2f} s for half the GEMM ceiling); the median step took "
+      f"{step:.2f} s ({'within' if met else 'over'} budget). Of a forward+backward pass ({total:.2f} s in this "
+      f"breakdown), the GEMMs take {gemm_t:.2f} s ({gemm_t / total:.0%}; at the GEMM model's times they run "
+      f"at {flops_fb / gemm_t / 1e9:.0f} GFLOP/s against {gemm_rate:.0f} for a 2048^3 GEMM), everything else {rest:.2f} s ({rest / total:.0%}; the largest pieces: {top_rest}); "
+      f"the SGD update adds {update:.2f} s.")
+    if ref:
+        w("")
+        w(f"**What the engine patches changed** (engine/patches, docs/ENGINE.md \"CPU speed\"): the same "
+          f"forward+backward took {ref_total:.2f} s on Caffe 1.0 and {total:.2f} s here "
+          f"({ref_total / total:.2f}x); the GEMMs {ref_cat['GEMM (BLAS) in conv + fc']:.2f} s -> {gemm_t:.2f} s "
+          f"(one call per group for the chunk instead of one per image), the rest "
+          f"{ref_total - ref_cat['GEMM (BLAS) in conv + fc']:.2f} s -> {rest:.2f} s (im2col/col2im without "
+          f"per-element bounds tests, branch-free ReLU and max pooling, vectorized LRN, all on both cores).")
     w("")
 
 

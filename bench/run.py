@@ -9,15 +9,18 @@ interleaved, round after round, so that a noisy, shared machine hits them alike.
 Reported: the median over all timed iterations, the spread of the per-round
 medians (min-max), and ratios taken within each round (median of the rounds).
 
-Engines: "project" is the engine `make caffe` linked at .engine. Other engines
-(for the BLAS comparison) come from --engine, or are found in the engine cache
-(${CAFFE_CACHE_DIR:-~/.cache/virality-caffe}/engine-*, same Python/numpy, CPU,
-another BLAS): the newest complete one per BLAS.
+Engines: "project" is the engine `make caffe` linked at .engine. Other engines come
+from --engine, or are found in the engine cache (${CAFFE_CACHE_DIR:-~/.cache/virality-caffe}/
+engine-*, same Python/numpy, CPU): the newest complete one per other BLAS carrying the
+same patches, and "caffe-1.0", the newest with the project's BLAS but without the CPU
+patch 0004 (Caffe 1.0's per-image convolution and single-threaded loops), which the
+patches are measured against.
 
 Variants (--variant LABEL=ENGINE[:VAR=VAL,VAR=VAL]) are an engine plus environment
-settings; the default list is every engine as it is, plus, for an OpenBLAS engine
-on an AVX-512 CPU and when OPENBLAS_CORETYPE is not already set, the same engine
-with OPENBLAS_CORETYPE=SKYLAKEX (for comparison only: nothing sets it for users).
+settings; the default list is every engine as it is, plus, for a patched OpenBLAS
+engine when OPENBLAS_THREAD_TIMEOUT is not already set, the same engine with
+OpenBLAS's idle threads spinning (OPENBLAS_THREAD_TIMEOUT=28, OpenBLAS's own default,
+which pycaffe's patch 0005 replaces by 4).
 
 PyTorch (bench-only, optional): bench/.venv-torch/bin/python, or $BENCH_TORCH_PYTHON;
 skipped with a note when missing (bench/README.md says how to install it).
@@ -63,11 +66,20 @@ def read_build_info(engine):
     return info
 
 
+def is_patched(engine):
+    """True when the engine carries patch 0004 (batched convolution, Caffe's CPU threads)."""
+    return (Path(engine) / "include" / "caffe" / "util" / "parallel.hpp").exists()
+
+
 def discover_engines(project):
-    """Other complete CPU engines in the cache, newest per BLAS, same Python/numpy."""
+    """Other complete CPU engines in the cache with the same Python/numpy, newest first wins:
+    per other BLAS, one carrying the same CPU patches as the project engine; and, as
+    "caffe-1.0", one with the project's BLAS but without patch 0004 (the reference the
+    patches are measured against)."""
     root = Path(os.environ.get("CAFFE_CACHE_DIR") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virality-caffe")
     mine = read_build_info(project)
+    patched = is_patched(project)
     found = {}
     for eng in sorted(root.glob("engine-*"), key=lambda p: (p / ".complete").stat().st_mtime
                       if (p / ".complete").exists() else 0):
@@ -76,8 +88,10 @@ def discover_engines(project):
         info = read_build_info(eng)
         if info.get("python_numpy") != mine.get("python_numpy") or not info.get("cuda", "").startswith("cuda=0"):
             continue
-        if info.get("blas") and info.get("blas") != mine.get("blas"):
-            found[info["blas"]] = str(eng)
+        if info.get("blas") and info.get("blas") != mine.get("blas") and is_patched(eng) == patched:
+            found[f"{info['blas']} (cached)"] = str(eng)
+        elif patched and info.get("blas") == mine.get("blas") and not is_patched(eng):
+            found["caffe-1.0"] = str(eng)
     return found
 
 
@@ -101,14 +115,16 @@ def parse_variant(spec, engines):
 
 
 def default_variants(engines, infos):
+    """Every engine as it is; for a patched OpenBLAS engine also the same engine with
+    OpenBLAS's idle threads spinning (its own default, which patch 0005 turns off)."""
     out = []
     for name in engines:
         out.append({"label": name, "engine": name, "env": {}})
         blas = infos[name]["blas"]
-        if (blas.get("kind") == "OpenBLAS" and "OPENBLAS_CORETYPE" not in os.environ and avx512()
-                and blas.get("kernels", "").lower() != "skylakex"):
-            out.append({"label": f"{name} + OPENBLAS_CORETYPE=SKYLAKEX", "engine": name,
-                        "env": {"OPENBLAS_CORETYPE": "SKYLAKEX"}})
+        if (blas.get("kind") == "OpenBLAS" and "OPENBLAS_THREAD_TIMEOUT" not in os.environ
+                and is_patched(engines[name])):
+            out.append({"label": f"{name}, OpenBLAS threads spinning", "engine": name,
+                        "env": {"OPENBLAS_THREAD_TIMEOUT": "28"}})
     return out
 
 
@@ -201,8 +217,7 @@ def main():
         label, path = spec.split("=", 1)
         engines[label] = str(Path(path).resolve())
     if not args.no_discover and not args.engine:
-        for blas, path in discover_engines(project).items():
-            engines[f"{blas} (cached)"] = path
+        engines.update(discover_engines(project))
     runner = Runner(engines)
 
     log(f"engines: {engines}")
@@ -289,6 +304,13 @@ def main():
         "tiny_pvcnn": runner.caffe(base["engine"], ["layers", "--model", "tiny_pvcnn", "--pairs", 16,
                                                     "--iters", 10], base["env"]),
     }
+    if "layers" in sections and "caffe-1.0" in engines:
+        log("per-layer breakdown of alexnet_pvcnn on caffe-1.0")
+        res["layers_reference"] = {
+            "engine": "caffe-1.0",
+            "alexnet_pvcnn": runner.caffe("caffe-1.0", ["layers", "--model", "alexnet_pvcnn", "--pairs",
+                                                        args.pairs, "--iters", 2 if quick else 3]),
+        }
 
     # 6. Hooks for the data feed and pair sampling (bench/feeds.py).
     try:

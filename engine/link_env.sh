@@ -21,6 +21,11 @@ cat > "$VENV/bin/caffe.tmp" <<WRAPPER
 # Its Python layers import from the project root, the engine's pycaffe and the venv.
 PYTHONPATH="$ROOT:$ENGINE/lib/python3/dist-packages:$site\${PYTHONPATH:+:\$PYTHONPATH}"
 export PYTHONPATH
+# OpenBLAS's idle threads sleep at once instead of spinning for 0.1 s, leaving the
+# cores to Caffe's own CPU threads (engine patch 0005; docs/ENGINE.md). A value set
+# by the caller wins.
+OPENBLAS_THREAD_TIMEOUT="\${OPENBLAS_THREAD_TIMEOUT:-4}"
+export OPENBLAS_THREAD_TIMEOUT
 exec "$ENGINE/bin/caffe" "\$@"
 WRAPPER
 chmod +x "$VENV/bin/caffe.tmp"
