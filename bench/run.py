@@ -53,6 +53,8 @@ def log(msg):
 # ---------------------------------------------------------------- engines
 
 def read_build_info(engine):
+    """build-info.txt as a dict; its line "cuda=0 blas=open" gives info["cuda"] = "0 blas=open"
+    and info["blas"] = "open"."""
     info = {}
     path = Path(engine) / "build-info.txt"
     if path.exists():
@@ -86,7 +88,7 @@ def discover_engines(project):
         if not (eng / ".complete").exists() or eng.resolve() == Path(project).resolve():
             continue
         info = read_build_info(eng)
-        if info.get("python_numpy") != mine.get("python_numpy") or not info.get("cuda", "").startswith("cuda=0"):
+        if info.get("python_numpy") != mine.get("python_numpy") or info.get("cuda", "").split()[:1] != ["0"]:
             continue
         if info.get("blas") and info.get("blas") != mine.get("blas") and is_patched(eng) == patched:
             found[f"{info['blas']} (cached)"] = str(eng)
@@ -206,7 +208,7 @@ def main():
 
     quick = args.quick
     sections = set(args.sections.split(",")) | {"alexnet"}
-    rounds = args.rounds or (2 if quick else 3)
+    rounds = args.rounds or (2 if quick else 5)
     it_alex = 2 if quick else 3
     started = time.time()
     project = str(ROOT / ".engine")

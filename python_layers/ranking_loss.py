@@ -9,11 +9,10 @@
       loss_weight: 1 loss_weight: 0        # Python layers have no default loss weight
     }
 """
-import numpy as np
 
 import caffe
 from virality.layer_params import LayerConfigError, parse_param_str
-from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA, LossConfig, pairwise_accuracy, ranking_loss
+from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA, LossConfig, ranking_loss
 
 LAYER = "RankingLoss (python_layers.ranking_loss)"
 
@@ -56,6 +55,11 @@ class RankingLoss(caffe.Layer):
             raise LayerConfigError(f"{LAYER}: needs 1 top (loss) or 2 (loss, accuracy), got {len(top)}")
 
     def reshape(self, bottom, top):
+        # Caffe calls reshape before every forward: nothing to do when the shapes are the
+        # ones already checked (this keeps the layer's share of a tiny net's step small).
+        shapes = (bottom[0].shape, bottom[1].shape, bottom[2].shape)
+        if shapes == getattr(self, "_shapes", None):
+            return
         n = bottom[0].shape[0] if bottom[0].shape else 0
         for i, name in enumerate(("f1", "f2", "y")):
             shape = tuple(bottom[i].shape)
@@ -67,6 +71,7 @@ class RankingLoss(caffe.Layer):
         if len(top) == 2:
             top[1].reshape()
         self._result = None
+        self._shapes = shapes
 
     def forward(self, bottom, top):
         try:
@@ -75,12 +80,12 @@ class RankingLoss(caffe.Layer):
             raise LayerConfigError(f"{LAYER}: bottom 2 (y): {err}") from None
         top[0].data[...] = self._result.loss
         if len(top) == 2:
-            top[1].data[...] = pairwise_accuracy(bottom[0].data, bottom[1].data, bottom[2].data)
+            top[1].data[...] = self._result.accuracy
 
     def backward(self, top, propagate_down, bottom):
-        scale = float(np.asarray(top[0].diff).reshape(-1)[0])
+        scale = float(top[0].diff.flat[0])
         if propagate_down[0]:
-            bottom[0].diff[...] = (scale * self._result.grad_f1).reshape(bottom[0].diff.shape)
+            bottom[0].diff.flat[:] = scale * self._result.grad_f1
         if propagate_down[1]:
-            bottom[1].diff[...] = (scale * self._result.grad_f2).reshape(bottom[1].diff.shape)
+            bottom[1].diff.flat[:] = scale * self._result.grad_f2
         # bottom[2] is the label: it has no gradient and its diff is left untouched.

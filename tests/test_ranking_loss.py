@@ -302,3 +302,18 @@ def test_generated_nets_configure_the_loss_as_documented(root):
     assert list(loss.bottom) == ["score", "score_p", "label"]
     assert list(loss.loss_weight) == [1.0, 0.0]
     assert json.loads(loss.python_param.param_str) == {"lambda": 0.001, "epsilon": 0.1, "normalize": False}
+
+
+def test_loss_counts_the_same_accuracy_as_pairwise_accuracy():
+    """The loss layer's accuracy top comes from ranking_loss's own pass over the pairs: it
+    must agree with pairwise_accuracy, ties (half right) and a NaN score (wrong) included."""
+    rng = np.random.default_rng(7)
+    f1 = rng.integers(-2, 3, 200).astype(np.float64)      # many exact ties
+    f2 = rng.integers(-2, 3, 200).astype(np.float64)
+    f1[5] = np.nan
+    y = rng.choice([-1.0, 1.0], 200)
+    for normalize in (False, True):
+        got = ranking_loss(f1, f2, y, LossConfig(normalize=normalize)).accuracy
+        assert got == pytest.approx(pairwise_accuracy(f1, f2, y), abs=1e-15)
+    assert np.isnan(ranking_loss(np.array([]), np.array([]), np.array([])).accuracy)
+    assert np.isnan(ranking_loss(f1, f2, y).loss)                   # the NaN score reaches the loss
