@@ -377,13 +377,18 @@ def where_time_goes(w, res, lay, alex, base, pairs, torch_res, torch_pps, ceilin
       f"at {flops_fb / gemm_t / 1e9:.0f} GFLOP/s against {gemm_rate:.0f} for a 2048^3 GEMM), everything else {rest:.2f} s ({rest / total:.0%}; the largest pieces: {top_rest}); "
       f"the SGD update adds {update:.2f} s.")
     if ref:
+        def by_type(layers, types):
+            return sum(l["forward_s"] + l["backward_s"] for l in layers if l["type"] in types)
+        conv, conv_ref = by_type(lay["layers"], {"Convolution"}), by_type(ref["layers"], {"Convolution"})
+        loops = {"LRN", "Pooling", "ReLU"}
+        own, own_ref = by_type(lay["layers"], loops), by_type(ref["layers"], loops)
         w("")
-        w(f"**What the engine patches changed** (engine/patches, docs/ENGINE.md \"CPU speed\"): the same "
-          f"forward+backward took {ref_total:.2f} s on Caffe 1.0 and {total:.2f} s here "
-          f"({ref_total / total:.2f}x); the GEMMs {ref_cat['GEMM (BLAS) in conv + fc']:.2f} s -> {gemm_t:.2f} s "
-          f"(one call per group for the chunk instead of one per image), the rest "
-          f"{ref_total - ref_cat['GEMM (BLAS) in conv + fc']:.2f} s -> {rest:.2f} s (im2col/col2im without "
-          f"per-element bounds tests, branch-free ReLU and max pooling, vectorized LRN, all on both cores).")
+        w(f"**What the engine patches changed** (engine/patches, docs/ENGINE.md \"CPU speed\"; the two "
+          f"breakdowns are separate runs, so read them as a rough split of the in-round ratio in "
+          f"\"Engines and settings compared\"): a forward+backward pass took {ref_total:.2f} s on Caffe 1.0 "
+          f"and {total:.2f} s here ({ref_total / total:.2f}x); the convolution layers {conv_ref:.2f} s -> "
+          f"{conv:.2f} s (one GEMM per group for a chunk of images, im2col/col2im on both cores), LRN, "
+          f"pooling and ReLU {own_ref:.2f} s -> {own:.2f} s (branch-free and vectorized, on both cores).")
     w("")
 
 

@@ -83,9 +83,9 @@ class RankingLoss(caffe.Layer):
             top[1].data[...] = self._result.accuracy
 
     def backward(self, top, propagate_down, bottom):
-        scale = float(top[0].diff.flat[0])
-        if propagate_down[0]:
-            bottom[0].diff.flat[:] = scale * self._result.grad_f1
-        if propagate_down[1]:
-            bottom[1].diff.flat[:] = scale * self._result.grad_f2
+        scale = float(top[0].diff.flat[0])       # the loss weight
+        grads = (self._result.grad_f1, self._result.grad_f2)
+        for i in (0, 1):
+            if propagate_down[i]:
+                bottom[i].diff.flat[:] = grads[i] if scale == 1.0 else scale * grads[i]
         # bottom[2] is the label: it has no gradient and its diff is left untouched.

@@ -55,16 +55,25 @@ class LossConfig:
                 f"at f1 = f2), got {self.epsilon!r}")
 
 
-@dataclass(frozen=True)
 class LossResult:
-    """Loss value and its gradients with respect to f1 and f2 (both shape (N,))."""
+    """Loss value and its gradients with respect to f1 and f2 (both shape (N,)); the terms
+    E_c and E_r per pair; the batch's pairwise_accuracy, counted in the same pass."""
 
-    loss: float
-    grad_f1: np.ndarray
-    grad_f2: np.ndarray
-    e_c: np.ndarray
-    e_r: np.ndarray
-    accuracy: float          # pairwise_accuracy(f1, f2, y), counted in the same pass
+    __slots__ = ("loss", "grad_f1", "grad_f2", "accuracy", "_e_c", "_e_r")
+
+    def __init__(self, loss, grad_f1, grad_f2, accuracy, e_c, e_r):
+        self.loss, self.grad_f1, self.grad_f2, self.accuracy = loss, grad_f1, grad_f2, accuracy
+        self._e_c, self._e_r = e_c, e_r
+
+    @property
+    def e_c(self):
+        """E_c of each pair (Eq. 2), shape (N,)."""
+        return np.array(self._e_c, dtype=np.float64)
+
+    @property
+    def e_r(self):
+        """E_r of each pair (Eq. 3, bounded), shape (N,)."""
+        return np.array(self._e_r, dtype=np.float64)
 
 
 def check_labels(y):
@@ -109,8 +118,8 @@ def ranking_loss(f1, f2, y, config=LossConfig()):
     if config.normalize and n:
         loss /= n
         grad /= n
-    return LossResult(loss=loss, grad_f1=grad, grad_f2=-grad, e_c=np.array(e_c, dtype=np.float64),
-                      e_r=np.array(e_r, dtype=np.float64), accuracy=right / n if n else float("nan"))
+    return LossResult(loss=loss, grad_f1=grad, grad_f2=-grad, accuracy=right / n if n else float("nan"),
+                      e_c=e_c, e_r=e_r)
 
 
 def pair_probability(f1, f2):
