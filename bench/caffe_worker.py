@@ -309,11 +309,6 @@ def engine_root():
     return Path(caffe.__file__).resolve().parents[4]
 
 
-def batched_convolution():
-    """True when the engine carries patch 0004 (one GEMM per group for a chunk of images)."""
-    return (engine_root() / "include" / "caffe" / "util" / "parallel.hpp").exists()
-
-
 def conv_chunk(images, rows, out_channels, pixels):
     """Images per chunk in patch 0004's ConvolutionLayer (its images_per_chunk())."""
     megabytes = int(os.environ.get("CAFFE_CONV_WORKSPACE_MB", "256"))
@@ -393,7 +388,7 @@ def task_layers(args):
         total.append(time.perf_counter() - t_all)
     # GEMM model: the calls this engine makes, timed alone on the same BLAS.
     g = Gemm()
-    batched = batched_convolution()
+    batched = common.has_cpu_patches(engine_root())   # one GEMM per group for a chunk of images
     model = {}
     for name, (fc, bc) in gemm_calls(net, net_param, batched).items():
         f = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in fc)

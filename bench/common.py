@@ -151,6 +151,12 @@ def fmt_spread(xs, fmt="{:.2f}"):
     return f"{fmt.format(lo)}-{fmt.format(hi)}"
 
 
+def has_cpu_patches(engine):
+    """True when the engine directory carries patch 0004 (batched convolution, Caffe's CPU
+    threads): its installed headers then include caffe/util/parallel.hpp."""
+    return (Path(engine) / "include" / "caffe" / "util" / "parallel.hpp").exists()
+
+
 # ---- child processes ----
 
 def engine_env(engine, extra=None):

@@ -377,11 +377,10 @@ def where_time_goes(w, res, lay, alex, base, pairs, torch_res, torch_pps, ceilin
       f"at {flops_fb / gemm_t / 1e9:.0f} GFLOP/s against {gemm_rate:.0f} for a 2048^3 GEMM), everything else {rest:.2f} s ({rest / total:.0%}; the largest pieces: {top_rest}); "
       f"the SGD update adds {update:.2f} s.")
     if ref:
-        def by_type(layers, types):
-            return sum(l["forward_s"] + l["backward_s"] for l in layers if l["type"] in types)
-        conv, conv_ref = by_type(lay["layers"], {"Convolution"}), by_type(ref["layers"], {"Convolution"})
-        loops = {"LRN", "Pooling", "ReLU"}
-        own, own_ref = by_type(lay["layers"], loops), by_type(ref["layers"], loops)
+        def conv_time(layers):
+            return sum(l["forward_s"] + l["backward_s"] for l in layers if l["type"] == "Convolution")
+        conv, conv_ref = conv_time(lay["layers"]), conv_time(ref["layers"])
+        own, own_ref = (sum(c[k] for k in ("LRN", "Pooling", "ReLU")) for c in (cat, ref_cat))
         w("")
         w(f"**What the engine patches changed** (engine/patches, docs/ENGINE.md \"CPU speed\"; the two "
           f"breakdowns are separate runs, so read them as a rough split of the in-round ratio in "

@@ -68,11 +68,6 @@ def read_build_info(engine):
     return info
 
 
-def is_patched(engine):
-    """True when the engine carries patch 0004 (batched convolution, Caffe's CPU threads)."""
-    return (Path(engine) / "include" / "caffe" / "util" / "parallel.hpp").exists()
-
-
 def discover_engines(project):
     """Other complete CPU engines in the cache with the same Python/numpy, newest first wins:
     per other BLAS, one carrying the same CPU patches as the project engine; and, as
@@ -81,7 +76,7 @@ def discover_engines(project):
     root = Path(os.environ.get("CAFFE_CACHE_DIR") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "virality-caffe")
     mine = read_build_info(project)
-    patched = is_patched(project)
+    patched = common.has_cpu_patches(project)
     found = {}
     for eng in sorted(root.glob("engine-*"), key=lambda p: (p / ".complete").stat().st_mtime
                       if (p / ".complete").exists() else 0):
@@ -90,18 +85,11 @@ def discover_engines(project):
         info = read_build_info(eng)
         if info.get("python_numpy") != mine.get("python_numpy") or info.get("cuda", "").split()[:1] != ["0"]:
             continue
-        if info.get("blas") and info.get("blas") != mine.get("blas") and is_patched(eng) == patched:
+        if info.get("blas") and info.get("blas") != mine.get("blas") and common.has_cpu_patches(eng) == patched:
             found[f"{info['blas']} (cached)"] = str(eng)
-        elif patched and info.get("blas") == mine.get("blas") and not is_patched(eng):
+        elif patched and info.get("blas") == mine.get("blas") and not common.has_cpu_patches(eng):
             found["caffe-1.0"] = str(eng)
     return found
-
-
-def avx512():
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def parse_variant(spec, engines):
@@ -124,7 +112,7 @@ def default_variants(engines, infos):
         out.append({"label": name, "engine": name, "env": {}})
         blas = infos[name]["blas"]
         if (blas.get("kind") == "OpenBLAS" and "OPENBLAS_THREAD_TIMEOUT" not in os.environ
-                and is_patched(engines[name])):
+                and common.has_cpu_patches(engines[name])):
             out.append({"label": f"{name}, OpenBLAS threads spinning", "engine": name,
                         "env": {"OPENBLAS_THREAD_TIMEOUT": "28"}})
     return out

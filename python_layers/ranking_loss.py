@@ -49,6 +49,7 @@ class RankingLoss(caffe.Layer):
                                      normalize=params["normalize"])
         except ValueError as err:
             raise LayerConfigError(f"{LAYER}: {err}") from None
+        self._shapes = None   # the bottom shapes reshape last checked
         if len(bottom) != 3:
             raise LayerConfigError(f"{LAYER}: needs 3 bottoms (f1, f2, y), got {len(bottom)}")
         if len(top) not in (1, 2):
@@ -58,7 +59,7 @@ class RankingLoss(caffe.Layer):
         # Caffe calls reshape before every forward: nothing to do when the shapes are the
         # ones already checked (this keeps the layer's share of a tiny net's step small).
         shapes = (bottom[0].shape, bottom[1].shape, bottom[2].shape)
-        if shapes == getattr(self, "_shapes", None):
+        if shapes == self._shapes:
             return
         n = bottom[0].shape[0] if bottom[0].shape else 0
         for i, name in enumerate(("f1", "f2", "y")):

@@ -167,8 +167,7 @@ def _run(net, x, top="y", dy=None):
     y = net.blobs[top].data.astype(np.float64)
     if dy is None:
         dy = np.random.default_rng(1).standard_normal(y.shape)
-    for name in ("x",):
-        net.blobs[name].diff[...] = 0
+    net.blobs["x"].diff[...] = 0
     for param in net.params.values():
         for blob in param:
             blob.diff[...] = 0
