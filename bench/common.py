@@ -141,16 +141,6 @@ def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def spread(xs):
-    """(min, max) of a list."""
-    return (min(xs), max(xs)) if xs else (float("nan"), float("nan"))
-
-
-def fmt_spread(xs, fmt="{:.2f}"):
-    lo, hi = spread(xs)
-    return f"{fmt.format(lo)}-{fmt.format(hi)}"
-
-
 def has_cpu_patches(engine):
     """True when the engine directory carries patch 0004 (batched convolution, Caffe's CPU
     threads): its installed headers then include caffe/util/parallel.hpp."""

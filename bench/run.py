@@ -146,15 +146,6 @@ def run_torch(tpy, args):
     return common.run_json([tpy, TORCH_WORKER] + [str(a) for a in args], env)
 
 
-def per_round(results, key):
-    """Per-round medians of a list of worker results."""
-    return [median(r[key]) for r in results if r.get(key)]
-
-
-def all_iters(results, key):
-    return [x for r in results for x in r.get(key, [])]
-
-
 # ---------------------------------------------------------------- machine
 
 def sh(cmd):

@@ -23,13 +23,13 @@ from virality.pair_batches import ImageSource, PairBatcher, PairDataError, Prefe
 
 LAYER = "PairIndexData (python_layers.pair_data)"
 
-#: Live TRAIN-phase feeds of this process, for seek_all/close_all (the training driver).
+#: Live feeds of this process (both phases), for seek_all/close_all (the training driver).
 _LIVE = weakref.WeakSet()
 
 
 def seek_all(batch_index):
     """Make every live TRAIN-phase feed continue at ``batch_index`` (exact resume); returns how many."""
-    feeds = list(_LIVE)
+    feeds = [feed for feed in list(_LIVE) if feed.train]
     for feed in feeds:
         feed.seek(batch_index)
     return len(feeds)
@@ -89,7 +89,7 @@ class PairIndexData(caffe.Layer):
             pairs = load_pairs(params["pairs"])
             self.source = ImageSource(params["image_store"], cache_mb=params["cache_mb"])
             self.source.check_ids(pairs[:, :2].reshape(-1), f"pair file {params['pairs']}")
-            train = self.phase == caffe.TRAIN
+            self.train = train = self.phase == caffe.TRAIN
             self.batcher = PairBatcher(pairs, self.source, params["batch_size"], params["crop_size"],
                                        mean=mean, scale=params["scale"], mirror=params["mirror"], random_crop=train,
                                        shuffle=params["shuffle"], seed=params["seed"])
@@ -99,8 +99,7 @@ class PairIndexData(caffe.Layer):
             + [(params["batch_size"],)]
         self.pairs_path, self.depth = params["pairs"], params["prefetch"]
         self.prefetcher = Prefetcher(self.batcher.next_batch, depth=self.depth)
-        if train:
-            _LIVE.add(self)
+        _LIVE.add(self)
         for i, shape in enumerate(self.shapes):   # top is a C++ vector: index it, do not iterate
             top[i].reshape(*shape)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from virality.files import save_npy_atomic
+from virality.files import file_digest, save_npy_atomic
 
 from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
     write_json
@@ -78,14 +78,6 @@ class Digest:
 
     def hexdigest(self):
         return self.h.hexdigest()
-
-
-def file_digest(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stamp_path(output):

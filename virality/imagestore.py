@@ -42,6 +42,8 @@ import cv2
 import lmdb
 import numpy as np
 
+from virality.files import write_text_atomic
+
 #: Pillow's own default cap (Image.MAX_IMAGE_PIXELS): ~ 89.5 M pixels.
 MAX_PIXELS = 89_478_485
 ENCODINGS = ("raw", "png", "jpg")
@@ -371,11 +373,8 @@ def atomic_dir(final):
 
 
 def write_json(path, obj):
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (virality.files.write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------- building a store
