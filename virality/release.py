@@ -413,6 +413,10 @@ def read_release(directory):
         raise ReleaseError(f"{meta_path}: missing key(s) {missing}")
     if metadata["format"] != RELEASE_FORMAT:
         raise ReleaseError(f"{meta_path}: format '{metadata['format']}', this code reads '{RELEASE_FORMAT}'")
+    for key in ("input", "output", "files"):
+        if not isinstance(metadata[key], dict):
+            raise ReleaseError(f"{meta_path}: '{key}' is {json.dumps(metadata[key])[:60]}; it must be an object. "
+                               "Rebuild the release (make release) rather than editing it")
     missing = [k for k in _REQUIRED_INPUT if k not in metadata["input"]]
     if missing:
         raise ReleaseError(f"{meta_path}: 'input' lacks {missing}")
