@@ -251,11 +251,12 @@ def score_distribution(net, store_path, pairs_path, spec, limit=DISTRIBUTION_LIM
 
 
 def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force=False, stream=None,
-                 reference=None, distribution_limit=DISTRIBUTION_LIMIT, show_progress=True):
+                 reference=None, distribution_limit=DISTRIBUTION_LIMIT, show_progress=True, attribute="virality"):
     """Write the release directory of ``model_name`` from ``snapshot``. Returns (Release, LoadReport).
 
     ``reference=(image store, pair file)`` of the training images gives the release its score
     distribution (ranking models); None writes ``score_distribution: null`` (percentiles unknown).
+    ``attribute``: what the score ranks ("virality"; "memorability", ... for other pairwise data).
     """
     from virality.architectures import ARCHITECTURES
     from virality.nets import get_model
@@ -305,14 +306,15 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
         del net
         caffemodel_sha = sha256_file(tmp / caffemodel_name)
         train_val = PROTOTXT_DIR / model_name / "train_val.prototxt"
-        output = ({"blob": "score", "meaning": "f_r, the image's virality score (higher = more viral); "
-                                              "image 1 beats image 2 iff its score is higher"}
+        output = ({"blob": "score", "meaning": f"f_r, the image's {attribute} score (no unit; higher = more "
+                                              f"{attribute}); image 1 beats image 2 iff its score is higher"}
                   if output_blob == "score" else
                   {"blob": "prob", "meaning": "topic probabilities (softmax over the Topic-CNN classes)",
                    "num_topics": int(net_param_num_outputs(net_param, "fc8_topic"))})
         metadata = {
             "format": RELEASE_FORMAT,
             "model": model_name,
+            "attribute": attribute,
             "arch": model.arch,
             "kind": model.kind,
             "input": {
@@ -454,6 +456,8 @@ def check_metadata(meta, path):
     for key in ("model", "arch", "kind", "caffemodel_sha256"):
         if not isinstance(meta[key], str):
             bad(key, "a string")
+    if not isinstance(meta.get("attribute", "virality"), str):
+        bad("attribute", "a string")
     if not re.fullmatch(r"[0-9a-f]{64}", meta["caffemodel_sha256"]):
         bad("caffemodel_sha256", "64 hex digits")
     for key in ("input", "output", "files"):
