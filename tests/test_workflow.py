@@ -238,25 +238,48 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
 def test_nearest_neighbours_by_cosine_similarity():
     from virality.neighbours import nearest
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
-    np.testing.assert_array_equal(nearest(features, [0, 2], k=2), [[1, 3], [3, 1]])
-    assert 0 not in nearest(features, [0], k=4)[0]          # a query is never its own neighbour
+    order, dist = nearest(features, [0, 2], k=2)
+    np.testing.assert_array_equal(order, [[1, 3], [3, 1]])
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)       # noqa: E731
+    np.testing.assert_allclose(dist[0], [1 - cos(features[0], features[1]), 1 - cos(features[0], features[3])])
+    assert 0 not in nearest(features, [0], k=4)[0][0]       # a query is never its own neighbour
+    order, dist = nearest(features, None, k=1, query_features=[[-2.0, 0.1]])   # a query from outside
+    assert order[0, 0] == 4 and dist[0, 0] == pytest.approx(1 - cos(np.array([-2.0, 0.1]), features[4]), abs=1e-6)
 
 
-def test_neighbours_tool_writes_a_grid(root, synthetic_project, tmp_path):
+def test_neighbours_tool_writes_a_grid_and_a_page(root, synthetic_project, tmp_path):
+    import cv2
     out = tmp_path / "run"
     _train(root, synthetic_project, out, "--max-iter", "6", "--val-interval", "6")
-    png = tmp_path / "grid.png"
-    res = subprocess.run([sys.executable, str(root / "tools/neighbours.py"), "--model", "tiny_pvcnn",
-                          "--snapshot", str(out / "tiny_pvcnn_iter_6.caffemodel"),
-                          "--deploy", str(synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"),
-                          "--dataset", "synthetic", "--store", str(synthetic_project / "data/synthetic/images_36_lmdb"),
-                          "--num-queries", "2", "--k", "4", "--limit", "300", "--out", str(png)],
+    store = synthetic_project / "data/synthetic/images_36_lmdb"
+    common = [sys.executable, str(root / "tools/neighbours.py"), "--model", "tiny_pvcnn",
+              "--snapshot", str(out / "tiny_pvcnn_iter_6.caffemodel"),
+              "--deploy", str(synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"),
+              "--dataset", "synthetic", "--data-dir", str(synthetic_project / "data/synthetic/raw"),
+              "--store", str(store), "--k", "4", "--limit", "300"]
+    png, page = tmp_path / "grid.png", tmp_path / "grid.html"
+    res = subprocess.run(common + ["--num-queries", "2", "--out", str(png), "--html", str(page)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "4 queries over 300 images" in res.stdout
-    import cv2
     image = cv2.imread(str(png))
-    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert image is not None and image.shape[0] > 4 * 200 and image.shape[1] > 5 * 150    # 4 rows x 5 readable tiles
+    text = page.read_text()
+    assert text.count('class="tile query"') == 4 and text.count("cosine distance") == 16
+    assert "highest f_r #1" in text and "lowest f_r #2" in text
+    # Queries given as files: a folder of two images outside the store.
+    from virality.imagestore import ImageStore
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    st = ImageStore(store)
+    for i in st.ids[:2]:
+        cv2.imwrite(str(folder / f"q{i}.png"), st.get(i))
+    res = subprocess.run(common + ["--query-files", str(folder), "--out", str(tmp_path / "files.png"),
+                                   "--html", str(tmp_path / "files.html")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "files.html").read_text()
+    assert f"q{st.ids[0]}.png" in text and f"q{st.ids[1]}.png" in text
+    assert "cosine distance 0.000" in text          # the store's own copy of each query is its nearest neighbour
 
 
 def test_make_train_refuses_weights_that_do_not_fit_before_training(root, tiny_release):

@@ -163,38 +163,11 @@ def write_report(results, dataset, out_dir, title, notes=()):
         writer.writerows(rows)
     (out_dir / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     png = out_dir / "accuracy.png"
-    plot_results(results, png, title)
+    plot_results(results, png, f"{title} ({dataset.name}{', SYNTHETIC' if dataset.synthetic else ''})")
     return md, out_dir / "results.csv", png
 
 
-def plot_results(results, png, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    settings = list(dict.fromkeys(r.setting for r in results))
-    models = list(dict.fromkeys(r.model for r in results))
-    by = {(r.model, r.setting): r for r in results}
-    width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(settings)), 3.8))
-    for k, model in enumerate(models):
-        xs, ys, errs = [], [], [[], []]
-        for i, s in enumerate(settings):
-            r = by.get((model, s))
-            if r is None:
-                continue
-            xs.append(i + k * width)
-            ys.append(100 * r.value)
-            lo = 0 if np.isnan(r.low) else 100 * (r.value - r.low)
-            hi = 0 if np.isnan(r.high) else 100 * (r.high - r.value)
-            errs[0].append(lo)
-            errs[1].append(hi)
-        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=model)
-    ax.axhline(50, color="grey", linestyle=":", label="chance")
-    ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(settings))])
-    ax.set_xticklabels(settings)
-    ax.set_ylabel("pairwise accuracy (%) / rho x 100")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+def plot_results(results, png, title, attribute="virality"):
+    """The Table-1 figure (virality.plots.plot_accuracy: intervals, n, the paper's numbers)."""
+    from virality.plots import plot_accuracy
+    return plot_accuracy(results, png, title, attribute)

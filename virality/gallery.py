@@ -229,3 +229,90 @@ def evenly_spaced(items, k):
     if len(items) <= k:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, k).round().astype(int)]
+
+
+# ------------------------------------------------------------------ evaluation pages
+
+def dataset_namer(dataset):
+    """id -> a file name for people: the dataset's image file name where it has one, else "image <id>"."""
+    def name_of(image_id):
+        try:
+            return Path(dataset.image_path(int(image_id))).name
+        except (FileNotFoundError, ValueError, IndexError, TypeError):
+            return f"image {int(image_id)}"
+    return name_of
+
+
+def image_namer(dataset_name, data_dir=None):
+    """dataset_namer of a dataset by name; plain "image <id>" names when it cannot be loaded."""
+    try:
+        from virality.datasets import load_dataset
+        return dataset_namer(load_dataset(dataset_name, data_dir=data_dir))
+    except Exception:     # names are a convenience: any failure to load falls back to ids, said in the name
+        return lambda image_id: f"image {int(image_id)}"
+
+
+def write_run_page(run, dataset, store, out_dir, num_pairs=12, num_queries=3, k=6, limit=2000, show_progress=False):
+    """One evaluation run as a page: the most confident right and wrong test pairs side by side,
+    and Fig. 2-style neighbours of the highest- and lowest-scored test images. Returns its path.
+
+    Scores come from the deploy net on the image store, as evaluation's (virality.preprocess).
+    """
+    import caffe
+    from virality.nets import get_model
+    from virality.neighbours import features_and_scores, nearest, plot_grid
+    from virality.paths import PROTOTXT_DIR
+    from virality.preprocess import InputSpec
+
+    model = get_model(run.model)
+    spec = InputSpec.of_architecture(model.architecture)
+    net = caffe.Net(str(run.deploy or PROTOTXT_DIR / run.model / "deploy.prototxt"), str(run.caffemodel), caffe.TEST)
+    setting = dataset.setting(run.setting)
+    pairs = np.asarray(setting.test_pairs)
+    ids = np.unique(pairs[:, :2]) if len(pairs) else np.unique(np.asarray(setting.test_images))
+    ids = np.asarray(evenly_spaced(list(ids[np.isin(ids, store.ids)]), limit))
+    features, scores = features_and_scores(net, store, ids, spec, show_progress=show_progress)
+    score = dict(zip(ids.tolist(), scores.tolist()))
+    name_of = dataset_namer(dataset)
+    out_dir = Path(out_dir)
+    stem = f"{run.setting}_{run.model}"
+    path = out_dir / f"{stem}.html"
+    thumbs = ThumbFolder(path)
+    sections, meta = [], [f"model {run.model}, setting {run.setting} ({setting.description})",
+                          f"snapshot {run.caffemodel}",
+                          "f_r: the model's score of an image (no unit); a pair is ordered right when the "
+                          "image with the higher f_r is the truly more viral one"]
+    try:
+        kept = [(int(a), int(b), int(y), score[int(a)], score[int(b)]) for a, b, y in pairs
+                if int(a) in score and int(b) in score]
+        if kept:
+            right = sorted((p for p in kept if (p[3] - p[4]) * p[2] > 0), key=lambda p: -abs(p[3] - p[4]))
+            wrong = sorted((p for p in kept if (p[3] - p[4]) * p[2] <= 0), key=lambda p: -abs(p[3] - p[4]))
+            meta.append(f"{len(right)} of {len(kept)} test pairs ordered right ({100 * len(right) / len(kept):.1f}%, "
+                        "ties counted wrong here)")
+            image_of = store.get
+            sections.append(pairs_section(right[:num_pairs], f"Right: the {min(num_pairs, len(right))} most "
+                                          "confident correct pairs", thumbs, name_of, image_of))
+            sections.append(pairs_section(wrong[:num_pairs], f"Wrong: the {min(num_pairs, len(wrong))} most "
+                                          "confident mistakes", thumbs, name_of, image_of))
+        order = np.argsort(-scores, kind="stable")
+        n = min(num_queries, len(order) // 2)
+        queries = list(order[:n]) + list(order[::-1][:n])
+        labels = [f"highest f_r #{i + 1}" for i in range(n)] + [f"lowest f_r #{i + 1}" for i in range(n)]
+        rows = []
+        if queries:
+            nb, dist = nearest(features, queries, min(k, len(ids) - 1))
+            item = lambda j, d=None: dict(name=name_of(ids[j]), image=store.get(ids[j]),  # noqa: E731
+                                          score=float(scores[j]), distance=d)
+            rows = [(label, item(q), [item(j, d) for j, d in zip(js, ds)])
+                    for label, q, js, ds in zip(labels, queries, nb, dist)]
+            sections.append(neighbours_section(rows, "Nearest neighbours (Fig. 2)", thumbs,
+                                               note=f"among {len(ids)} test images; cosine distance of the "
+                                                    "scoring layer's input features"))
+            plot_grid(rows, out_dir / f"{stem}_neighbours.png",
+                      title=f"{run.model} on {dataset.name}/{run.setting}: nearest neighbours")
+    except BaseException:
+        thumbs.discard()
+        raise
+    return write_page(path, f"{run.model} on {dataset.name}/{run.setting}: test pairs and neighbours", meta,
+                      sections, thumbs)
