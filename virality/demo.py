@@ -44,9 +44,10 @@ def train(model, solver, out_dir, weights=(), max_iter=0):
     config = TrainConfig(solver_path=Path(solver), out_dir=Path(out_dir), workdir=ROOT,
                          weights=[Path(w) for w in weights], max_iter=max_iter)
     started = time.time()
-    Trainer(config, log=lambda m: _say(f"  [{model}] {m}")).run()
+    trainer = Trainer(config, log=lambda m: _say(f"  [{model}] {m}"))
+    trainer.run()
     plot_training_curves(read_csv(Path(out_dir) / "train_log.csv"), Path(out_dir) / "train_curves.png",
-                         title=model)
+                         title=f"{model} on {DATASET} (SYNTHETIC): training", n_val=getattr(trainer, "num_test", None))
     return time.time() - started
 
 
@@ -97,7 +98,10 @@ def run(out=DEMO_DIR, max_iter=0, num_pairs=None):
     dataset = load_dataset(DATASET)
     store = ImageStore(DATA_DIR / DATASET / "images_36_lmdb")
     results = [evaluate_run(r, dataset, store) for r in runs]
+    from virality.gallery import write_run_page
+    pages = [write_run_page(r, dataset, store, out / "report" / "pages") for r in runs]
     notes = [topic_note(results)]
+    notes += [f"test pairs right and wrong, and nearest neighbours: {p.relative_to(out / 'report')}" for p in pages]
     notes += [f"training time {name}: {secs:.0f} s" for name, secs in timings.items()]
     notes.append(f"whole demo: {time.time() - t0:.0f} s on this machine (CPU)")
     md, _, png = write_report(results, dataset, out / "report",

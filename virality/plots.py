@@ -82,6 +82,15 @@ def figure_title(model, dataset=None, attribute="virality", setting=None):
 
 
 def plot_training_curves(rows, png_path, title="", n_val=None, attribute="virality"):
+    """train_curves.png: ``training_figure`` saved; returns the path."""
+    fig = training_figure(rows, title, n_val, attribute)
+    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def training_figure(rows, title="", n_val=None, attribute="virality"):
     """Loss and pairwise accuracy (%) against iteration; rows as dicts with string or float values.
 
     ``n_val``: the number of validation pairs, printed in the legend (unknown when None).
@@ -121,13 +130,18 @@ def plot_training_curves(rows, png_path, title="", n_val=None, attribute="virali
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return png_path
+    return fig
 
 
 def plot_accuracy(results, png, title, attribute="virality"):
+    """accuracy.png: ``accuracy_figure`` saved; returns the path."""
+    fig = accuracy_figure(results, title, attribute)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def accuracy_figure(results, title, attribute="virality"):
     """Table 1 as a figure: ours (bars, 95% Wilson intervals, n on each) beside the paper's number
     (a black diamond), by setting; results are virality.evaluation.Result rows."""
     settings = list(dict.fromkeys(r.setting for r in results))
@@ -169,6 +183,4 @@ def plot_accuracy(results, png, title, attribute="virality"):
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return fig
