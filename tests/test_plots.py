@@ -28,6 +28,15 @@ def test_a_loss_spanning_decades_gets_several_readable_log_ticks():
     assert all(float(t) > 0 and "^" not in t and "e" not in t for t in labels), labels
 
 
+def test_a_loss_in_a_narrow_range_gets_distinct_plain_labels():
+    rows = [dict(iteration=i * 50, loss=0.3196 - 0.00009 * i) for i in range(20)]    # 0.3196 .. 0.3179
+    fig = training_figure(rows, "t")
+    labels = _tick_texts(fig, fig.axes[0])
+    assert fig.axes[0].get_yscale() == "linear"
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels          # not seven "0.32"
+    assert all(0.317 <= float(t) <= 0.32 for t in labels), labels                # the values, no offset
+
+
 def test_a_five_iteration_run_draws_points_and_empty_panels_say_so():
     fig = training_figure([dict(iteration=5, loss=0.31, train_accuracy=0.6, val_accuracy=0.7)], "t", n_val=300)
     ax_loss, ax_acc = fig.axes

@@ -15,7 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 _ITER = re.compile(r"Iteration (\d+) \(.*?\), loss = (\S+)")
 _TEST = re.compile(r"Iteration (\d+), Testing net")
@@ -63,7 +63,9 @@ def readable_loss_axis(ax, values):
         ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
         ax.yaxis.set_minor_formatter(NullFormatter())
         return "log scale"
-    ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
+    # Plain numbers with as many digits as the tick spacing needs (no "1e-3 + 0.317" offset).
+    ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    ax.ticklabel_format(axis="y", style="plain")
     return "linear scale"
 
 
@@ -125,7 +127,8 @@ def training_figure(rows, title="", n_val=None, attribute="virality"):
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("iteration (solver steps)")
         ax.set_xlim(0, max(1.0, last) * 1.03)
-        ax.xaxis.set_major_formatter(FuncFormatter(plain_number))
+        ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        ax.ticklabel_format(axis="x", style="plain")
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
