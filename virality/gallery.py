@@ -184,8 +184,8 @@ def pairs_section(pairs, heading, thumbs, name_of, image_of):
         right = (fa - fb) * y > 0
         higher = "A" if y > 0 else "B"
         cls = "right" if right else "wrong"
-        tiles = "".join(tile_html(Tile(name_of(i), thumbs.add_image(image_of(i)), f), "tile") for i, f in
-                        ((a, fa), (b, fb)))
+        tiles = "".join(tile_html(Tile(name_of(i), thumbs.add_image(image_of(i)), f, note=side), "tile")
+                        for i, f, side in ((a, fa, "A"), (b, fb, "B")))
         verdict = (f'<div class="verdict"><b>{"right" if right else "wrong"}</b><br>truth: {higher} is the '
                    f"more viral<br>model: {'A' if fa > fb else 'B'} (f_r difference {_fmt(fa - fb, 4)})</div>")
         out.append(f'<div class="pair {cls}">{verdict}{tiles}</div>')

@@ -139,7 +139,7 @@ def training_figure(rows, title="", n_val=None, attribute="virality"):
 def plot_accuracy(results, png, title, attribute="virality"):
     """accuracy.png: ``accuracy_figure`` saved; returns the path."""
     fig = accuracy_figure(results, title, attribute)
-    fig.savefig(png, dpi=100)
+    fig.savefig(png, dpi=100, bbox_inches="tight")       # the legend sits outside the axes
     plt.close(fig)
     return png
 
@@ -171,10 +171,10 @@ def accuracy_figure(results, title, attribute="virality"):
                 ax.plot([x], [r.paper], "kD", markersize=6, label=None if paper_drawn else "paper (Table 1)")
                 paper_drawn = True
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, label=f"{model} (ours, 95% interval)")
-        for bar, n, y in zip(bars, ns, ys):
+        for bar, n, y, hi in zip(bars, ns, ys, errs[1]):
             ax.text(bar.get_x() + bar.get_width() / 2, 2, n, ha="center", va="bottom", fontsize=7, rotation=90,
                     color="white")
-            ax.text(bar.get_x() + bar.get_width() / 2, y + 1, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
+            ax.text(bar.get_x() + bar.get_width() / 2, y + hi + 1, f"{y:.1f}", ha="center", va="bottom", fontsize=7)
     spearman = any(r.metric == "spearman" for r in results)
     ax.axhline(50, color="grey", linestyle=":", label="chance (50%)")
     ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(settings))])
@@ -182,7 +182,8 @@ def accuracy_figure(results, title, attribute="virality"):
     ax.set_xlabel("evaluation setting (each model tested on its own setting's held-out pairs)")
     ax.set_ylabel(f"pairwise {attribute} accuracy (%)" + (" / Spearman rho x 100" if spearman else ""))
     ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=10)
+    import textwrap
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
