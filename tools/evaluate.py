@@ -80,7 +80,7 @@ def main(argv=None):
     from virality.gallery import write_run_page
     pages = [write_run_page(run, dataset, stores[args.store or DATA_DIR / args.dataset /
                                                   f"images_{get_model(run.model).architecture.image_size}_lmdb"],
-                            Path(out) / "pages") for run in runs]
+                            Path(out) / "pages", show_progress=True) for run in runs]
     notes = [f"test pairs right and wrong, and nearest neighbours: pages/{p.name}" for p in pages]
     md, csv_path, png = write_report(results, dataset, out, title=f"Evaluation on {args.dataset}", notes=notes)
     print(md.read_text())
