@@ -96,7 +96,7 @@ def main(argv=None):
     p.add_argument("--html", type=Path, help="also write a gallery page here (thumbnails in <name>_files/)")
     p.add_argument("--top", type=int, default=12, help="gallery: the top and bottom N shown first (default 12)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, help="decode processes (default: one per core up to 4; 0 = none)")
+    p.add_argument("--workers", type=int, help="decode processes (default: one per two cores, 1 to 4; 0 = none)")
     p.add_argument("--full-decode", action="store_true",
                    help="decode every image at full size (default: JPEGs DCT-scaled, large images box-reduced)")
     p.add_argument("--gpu", type=int, help="GPU id (default CPU)")

@@ -126,8 +126,12 @@ def _decode_task(task):
 
 
 def default_workers(num_files):
-    """Decode processes: none for a handful of files (start-up costs more), else one per core up to 4."""
-    return 0 if num_files < 48 else min(4, os.cpu_count() or 1)
+    """Decode processes: none for a handful of files (start-up costs more), else one per two cores, 1 to 4.
+
+    Decoding a photo costs a fraction of its forward pass, and the forward uses every core: on 2 cores
+    one decoder kept up (98% of the forward rate) where two slowed the forward (73%) (docs/PREDICTION.md).
+    """
+    return 0 if num_files < 48 else min(4, max(1, (os.cpu_count() or 1) // 2))
 
 
 def score_distribution_percentile(distribution, scores):
