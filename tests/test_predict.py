@@ -230,3 +230,18 @@ def test_huge_images_decode_in_bounded_memory(root, huge_images, name, limit_mb)
     assert reduced_mb < limit_mb, f"{name}: peak grew by {reduced_mb:.0f} MB (full decode: {full_mb:.0f} MB)"
     assert full_mb > 2 * reduced_mb                         # the measurement sees the difference
     assert reduced_mean == pytest.approx(full_mean, abs=0.5)   # and the picture is the same
+
+
+def test_caffe_log_is_off_the_console_in_a_file_or_verbose(release, tmp_path):
+    """Caffe's net dump (glog INFO) goes to --log, not to the console; --verbose prints it."""
+    write_image(tmp_path / "a.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLOG_")}   # as a user runs it
+    run = lambda *extra: subprocess.run([sys.executable, str(PREDICT), str(release[0]), str(tmp_path / "a.png"),  # noqa: E731
+                                         *extra], capture_output=True, text=True, timeout=120, env=env)
+    quiet = run("--log", str(tmp_path / "logs" / "caffe.log"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "Network initialization done" not in quiet.stderr and len(quiet.stderr.splitlines()) < 10
+    assert "Network initialization done" in (tmp_path / "logs" / "caffe.log").read_text()
+    assert list((tmp_path / "logs").iterdir()) == [tmp_path / "logs" / "caffe.log"]     # glog's own name is gone
+    verbose = run("--verbose")
+    assert verbose.returncode == 0 and "Network initialization done" in verbose.stderr
