@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from virality.files import file_digest
-from virality.paths import DATA_DIR, MODELS_DIR, PROTOTXT_DIR, ROOT, SOLVER_DIR
+from virality.paths import MODELS_DIR, PROTOTXT_DIR, ROOT, SOLVER_DIR
 
 RELEASE_FORMAT = "virality-release/1"
 CHECKSUM_FILE = "SHA256SUMS"
