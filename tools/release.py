@@ -63,7 +63,12 @@ def main(argv=None):
             if store is None or pairs is None:
                 raise ReleaseError(f"cannot tell which images {args.model} was trained on; pass --store and "
                                    "--pairs, or --no-score-distribution")
-            reference = (store, pairs)
+            if (args.store or args.pairs) or (pairs.is_file() and store.is_dir()):
+                reference = (store, pairs)      # given explicitly: a missing file is an error, below
+            else:
+                print(f"release: WARNING: no score distribution: the training data ({pairs}, {store}) is not "
+                      "here, so predict will report no percentiles; build it (make data) and remake the "
+                      "release, or pass --pairs/--store (--no-score-distribution silences this)", file=sys.stderr)
         print(config_lines("release", dict(model=args.model, snapshot=snapshot, out=out, force=args.force,
                                            attribute=args.attribute,
                                            score_distribution=" + ".join(map(str, reference)) if reference
