@@ -75,7 +75,7 @@ def default_validation(dataset_name):
     return dict(DEFAULT_VALIDATION.get(dataset_name, FALLBACK_VALIDATION))
 
 
-def test_image_ids(setting):
+def setting_test_images(setting):
     pairs = np.asarray(setting.test_pairs).reshape(-1, 3)
     return np.unique(np.concatenate([pairs[:, :2].ravel().astype(np.int64),
                                      np.asarray(setting.test_images, np.int64).ravel()]))
@@ -93,7 +93,7 @@ def split_setting(setting, num_pairs, images_per_side, seed):
     if num_pairs < 1 or images_per_side < 1:
         raise SplitError(f"validation sizes must be positive, got {num_pairs} pairs, {images_per_side} per side")
     rng = np.random.default_rng([int(seed), VAL_SEED_OFFSET])
-    banned = test_image_ids(setting)
+    banned = setting_test_images(setting)
     if setting.train_pairs is not None:
         return _split_pair_list(setting, num_pairs, 2 * images_per_side, banned, rng)
     viral = np.setdiff1d(np.asarray(setting.viral_pool, np.int64), banned)
@@ -147,7 +147,7 @@ def ranking_train_images(split):
     else:
         imgs = np.union1d(np.asarray(s.viral_pool, np.int64), np.asarray(s.nonviral_pool, np.int64))
     if s.disjoint:
-        imgs = np.setdiff1d(imgs, test_image_ids(s))
+        imgs = np.setdiff1d(imgs, setting_test_images(s))
     return imgs
 
 
@@ -160,6 +160,6 @@ def topic_split(split, ids, topics):
     ids, topics = np.asarray(ids, np.int64), np.asarray(topics, np.int64)
     known = ids[topics >= 0]
     train = np.setdiff1d(np.intersect1d(ranking_train_images(split), known),
-                         np.union1d(split.val_images, test_image_ids(split.test)))
+                         np.union1d(split.val_images, setting_test_images(split.test)))
     val = np.intersect1d(split.val_images, known)
     return train, val
