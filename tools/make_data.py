@@ -43,7 +43,7 @@ from virality.paths import DATA_DIR, ROOT
 #: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.architectures).
 DEFAULT_SIZES = {"synthetic": [36]}
 FALLBACK_SIZES = [256]
-#: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 4.1).
+#: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 2.1).
 DEFAULT_NUM_PAIRS = {"synthetic": 20000}
 FALLBACK_NUM_PAIRS = 10_000_000
 #: which pair LMDBs to build: a 10M-pair training LMDB at 256 px would be 3.9 TB, so full-size

@@ -32,7 +32,7 @@ class Schedule:
     iter_size: int         # forward passes accumulated per update
     test_batch: int        # test_iter = validation records / test_batch (exactly once)
     test_interval: int
-    stepvalues: tuple      # the three x0.1 drops
+    stepvalues: tuple      # the three drops (Sec. 3), each x GAMMA (our decision)
     max_iter: int
     snapshot: int
     display: int
