@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from virality import outputs
-from virality.files import file_digest, load_npy, save_npy_atomic
+from virality.files import disk_error, file_digest, load_npy, save_npy_atomic
 from virality.outputs import Digest, OutputLock, OutputLocked, stamp_path, write_stamp
 
 from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
@@ -362,6 +362,8 @@ def build(args):
         summary["topics"] = build_topic_lmdbs(dataset, available, lmdb_store, root, args.topic_test_fraction,
                                               args.seed, args.force, args.quiet)
     except (OSError, ValueError, KeyError, StoreError) as err:
+        if isinstance(err, OSError):
+            err = disk_error(err, err.filename or root)
         print(f"make_data: error: {err}", file=sys.stderr)
         return 2
     summary["seconds"] = round(time.time() - start, 1)
@@ -376,6 +378,8 @@ def main(argv=None):
         with OutputLock(args.out_root / args.dataset):     # one writer at a time (docs/FAILURES.md)
             return build(args)
     except (OutputLocked, OSError) as err:
+        if isinstance(err, OSError):
+            err = disk_error(err, err.filename or args.out_root)
         print(f"make_data: error: {err}", file=sys.stderr)
         return 2
 

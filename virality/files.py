@@ -19,6 +19,7 @@ out (space, quota, a read-only file system, permission).
 import errno
 import hashlib
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -165,14 +166,26 @@ def disk_error(err, path, need=None):
     """A DiskError naming ``path`` and what ran out, for an OSError whose errno says so; else ``err``."""
     if isinstance(err, DiskError) or getattr(err, "errno", None) not in _RAN_OUT:
         return err
-    what = _RAN_OUT[err.errno]
+    return DiskError(err.errno, f"cannot write {path}: {ran_out(err.errno, path, need)}")
+
+
+def ran_out(code, path, need=None):
+    """What ran out for errno ``code`` writing at ``path``, with the numbers and what to do."""
+    what = _RAN_OUT[code]
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"{what}; choose a writable output directory"
+    if code == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        return f"{what} ({limit} bytes per file); raise it (ulimit -f unlimited)"
     detail = f"{free_bytes(path) / 1e6:.1f} MB free there"
     if need:
         detail += f", about {need / 1e6:.1f} MB needed"
-    hint = ("free some space or write the output to a larger disk" if err.errno in (errno.ENOSPC, errno.EDQUOT,
-                                                                                   errno.EFBIG)
-            else "choose a writable output directory")
-    return DiskError(err.errno, f"cannot write {path}: {what} ({detail}); {hint}")
+    return f"{what} ({detail}); free some space or write the output to a larger disk"
+
+
+def file_size_limited():
+    """True when this process runs under a finite file size limit (ulimit -f)."""
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
 
 
 def check_free_space(path, need, what):

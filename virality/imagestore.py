@@ -43,7 +43,8 @@ import cv2
 import lmdb
 import numpy as np
 
-from virality.files import DiskError, check_free_space, disk_error, free_bytes, load_npy, write_text_atomic
+from virality.files import (DiskError, check_free_space, disk_error, file_size_limited, free_bytes, load_npy,
+                            ran_out, write_text_atomic)
 
 #: Pillow's own default cap (Image.MAX_IMAGE_PIXELS): ~ 89.5 M pixels.
 MAX_PIXELS = 89_478_485
@@ -315,8 +316,9 @@ class LmdbWriter:
     DiskError naming the directory and what ran out, or StoreError for anything else.
     """
 
-    def __init__(self, path, expected_bytes=0, commit_every=1000):
+    def __init__(self, path, expected_bytes=0, commit_every=1000, final=None):
         self.path = Path(path)
+        self.final = Path(final or path)        # the name errors give (path may be a temporary build)
         self.map_size = max(64 << 20, int(expected_bytes * 1.5) + (32 << 20))
         try:
             self.env = lmdb.open(str(path), map_size=self.map_size, subdir=True, meminit=False, sync=False)
@@ -326,13 +328,15 @@ class LmdbWriter:
 
     def _error(self, err):
         if isinstance(err, OSError):
-            return disk_error(err, self.path)
-        free = free_bytes(self.path)
-        if free < (64 << 20):
-            return DiskError(errno.ENOSPC, f"cannot write the LMDB {self.path}: no space left on the device "
-                                           f"({free / 1e6:.1f} MB free there; LMDB said: {err}); free some "
-                                           "space or write the output to a larger disk")
-        return StoreError(f"cannot write the LMDB {self.path}: {err}")
+            return disk_error(err, self.final)
+        # LMDB reports a failed write(2) as "Input/output error", whatever errno it got.
+        if free_bytes(self.path) < (64 << 20):
+            code = errno.ENOSPC
+        elif file_size_limited():
+            code = errno.EFBIG
+        else:
+            return StoreError(f"cannot write the LMDB {self.final}: {err}")
+        return DiskError(code, f"cannot write the LMDB {self.final}: {ran_out(code, self.path)} (LMDB: {err})")
 
     def put(self, k, value):
         self.pending.append((k, value))
@@ -468,7 +472,7 @@ def build_image_store(items, out, size, resize="warp", encoding="raw", max_pixel
         check_free_space(Path(out).parent, lmdb_bytes(len(tasks), 3 * size * size + 32), f"the image store {out}")
     bar = Progress(len(tasks), f"image store {Path(out).name}", enabled=progress)
     with atomic_dir(out) as tmp:
-        writer = LmdbWriter(tmp, expected_bytes=len(tasks) * (3 * size * size + 256))
+        writer = LmdbWriter(tmp, expected_bytes=len(tasks) * (3 * size * size + 256), final=out)
         if workers > 1:
             # Threads: Pillow's decoders and OpenCV's resize release the GIL, and threads avoid
             # fork (the parent may hold Caffe/OpenBLAS/LMDB locks) and spawn (main-module guards).

@@ -64,7 +64,7 @@ def build_pair_lmdb(store_path, pairs, out, progress=True, extra_meta=None):
         start = time.time()
         bar = Progress(len(pairs), f"pair lmdb {Path(out).name}", enabled=progress)
         with atomic_dir(out) as tmp:
-            writer = LmdbWriter(tmp, expected_bytes=len(pairs) * (6 * s * s + 64))
+            writer = LmdbWriter(tmp, expected_bytes=len(pairs) * (6 * s * s + 64), final=out)
             buf = np.empty((6, s, s), np.uint8)
             chunk = 512
             for lo in range(0, len(pairs), chunk):
@@ -135,7 +135,7 @@ def build_topic_lmdb(store_path, ids, labels, out, progress=True, extra_meta=Non
         start = time.time()
         bar = Progress(len(ids), f"topic lmdb {Path(out).name}", enabled=progress)
         with atomic_dir(out) as tmp:
-            writer = LmdbWriter(tmp, expected_bytes=len(ids) * (3 * store.size ** 2 + 64))
+            writer = LmdbWriter(tmp, expected_bytes=len(ids) * (3 * store.size ** 2 + 64), final=out)
             datum = caffe_pb2.Datum()
             with store.env.begin(buffers=False) as txn:
                 for position, (image_id, label) in enumerate(zip(ids, labels)):

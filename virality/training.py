@@ -27,7 +27,7 @@ from google.protobuf import text_format
 
 import caffe
 from caffe.proto import caffe_pb2
-from virality.files import write_text_atomic
+from virality.files import load_npy, write_text_atomic
 from virality.ranking import pairwise_accuracy
 from virality.weights import read_net_param
 
@@ -92,7 +92,7 @@ def count_test_records(net_param, workdir):
             path = Path(workdir) / pairs
             if not path.exists():
                 raise FileNotFoundError(f"test pairs {path} not found; run `make data` first")
-            return int(np.load(path, mmap_mode="r").shape[0])
+            return int(load_npy(path, mmap=True).shape[0])
     raise ValueError("the net has no TEST-phase data layer to validate on")
 
 
