@@ -148,6 +148,9 @@ def fingerprint(path):
 class DiskError(OSError):
     """A write failed for lack of space, quota or permission; the message names the path."""
 
+    def __str__(self):
+        return self.strerror
+
 
 _RAN_OUT = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
             errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
