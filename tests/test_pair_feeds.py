@@ -78,7 +78,7 @@ def test_make_data_is_keyed_by_content(syn, tmp_path):
     assert re.search(r"pairs_train_lmdb: 200 pair records", changed)
     assert "pairs_test_lmdb: up to date" in changed
     # an edited input image rebuilds the image store (a world without its stamp is a user's input, kept as it is;
-    # a stamped one is make_data's output, regenerated when edited: tests/test_reliability_data.py)
+    # a stamped one is make_data's output, regenerated when edited or damaged: virality/outputs.py)
     Path(f"{root / 'raw'}.stamp").unlink()
     victim = sorted((root / "raw" / "images").iterdir())[0]
     victim.write_bytes(victim.read_bytes())        # same bytes: still up to date

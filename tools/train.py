@@ -69,7 +69,9 @@ def main(argv=None):
     import os
     os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
     from virality.plots import plot_training_curves, read_csv
-    from virality.files import DiskError
+    from virality.files import DiskError, TruncatedFile
+    from virality.imagestore import StoreError
+    from virality.pair_batches import PairDataError
     from virality.outputs import OutputLocked
     from virality.snapshots import SnapshotError
     from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
@@ -93,10 +95,16 @@ def main(argv=None):
     except (DiskError, SnapshotError, OutputLocked) as err:
         print(f"train: error: {err}", file=sys.stderr)
         status = 4
+    except (StoreError, PairDataError, TruncatedFile, FileNotFoundError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
     log = out / "train_log.csv"
     if log.exists():
-        plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
-        print(f"train: log {log}, curves {out / 'train_curves.png'}")
+        try:
+            plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
+            print(f"train: log {log}, curves {out / 'train_curves.png'}")
+        except OSError as err:
+            print(f"train: log {log}; the curves could not be written: {err}", file=sys.stderr)
     return status
 
 

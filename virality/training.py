@@ -143,6 +143,17 @@ def count_test_records(net_param, workdir):
     raise ValueError("the net has no TEST-phase data layer to validate on")
 
 
+def check_data_sources(net_param, workdir):
+    """Open every LMDB a Data layer of the net reads (either phase), checked (virality.imagestore.open_lmdb):
+    Caffe itself would die of SIGBUS, with no message, on a truncated one."""
+    for layer in net_param.layer:
+        if layer.type == "Data" and layer.data_param.source:
+            source = Path(workdir) / layer.data_param.source
+            if not source.exists():
+                raise FileNotFoundError(f"layer {layer.name}: data {source} not found; run `make data` first")
+            open_lmdb(source).close()
+
+
 def validate(test_net, num_records):
     """Accuracy over exactly ``num_records`` consecutive test records (each once).
 
@@ -242,6 +253,19 @@ class CsvLog:
         self.file.close()
 
 
+#: history blobs a solver type keeps per learnable parameter (Caffe 1.0's solvers).
+HISTORY_BLOBS = {"SGD": 1, "Nesterov": 1, "AdaGrad": 1, "RMSProp": 1, "AdaDelta": 2, "Adam": 2}
+
+
+def snapshot_bytes(net, solver_type="SGD"):
+    """About the bytes of one snapshot: the caffemodel holds every layer's blobs (shared ones once per
+    layer), the solverstate the history of each distinct parameter."""
+    blobs = [b.data for layer in net.params.values() for b in layer]
+    distinct = {b.__array_interface__["data"][0]: b.nbytes for b in blobs}
+    history = HISTORY_BLOBS.get(solver_type or "SGD", 2) * sum(distinct.values())
+    return int(1.05 * (sum(b.nbytes for b in blobs) + history)) + (64 << 10)
+
+
 def write_effective_solver(param, out_dir):
     return write_text_atomic(Path(out_dir) / "solver.effective.prototxt", text_format.MessageToString(param))
 
@@ -271,6 +295,7 @@ class Trainer:
         self.dropper = PlateauDropper(config.patience, config.min_delta)
         self.net_param = read_net_param(net_path)
         self.num_test = count_test_records(self.net_param, config.workdir)
+        check_data_sources(self.net_param, config.workdir)
 
     # -- solver construction ------------------------------------------------------------
     def _solver_param(self, drops):
@@ -303,10 +328,8 @@ class Trainer:
 
     def snapshot(self, solver):
         """Write, check and move into place the snapshot of the current iteration; its solverstate."""
-        weights = sum(b.data.nbytes for blobs in solver.net.params.values() for b in blobs)
-        # caffemodel + solverstate (one history blob per weight for SGD; more for Adam and co.)
         try:
-            check_free_space(self.out_dir, int(weights * 3.2) + (1 << 20),
+            check_free_space(self.out_dir, snapshot_bytes(solver.net, self.base.type),
                              f"the snapshot at iteration {solver.iter}")
         except DiskError as err:
             raise DiskError(err.errno, f"{err}; stopped before writing it. The last complete snapshot: "
