@@ -337,3 +337,18 @@ def test_atomic_writes_follow_the_umask(tmp_path, mask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE(a.stat().st_mode) == mode and stat.S_IMODE(b.stat().st_mode) == mode
+
+
+def test_generated_directories_follow_the_umask(tmp_path):
+    from virality.synthetic import WorldConfig, generate_world
+    old = os.umask(0o022)
+    try:
+        generate_world(tmp_path / "raw", WorldConfig(num_images=12, size=24))
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / f"{i}.png"), noise(i, 16))
+        build_image_store([(i, tmp_path / f"{i}.png") for i in range(3)], tmp_path / "store", 8, progress=False)
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "raw", tmp_path / "raw" / "scores.csv", tmp_path / "store",
+                 tmp_path / "store" / "store.json", tmp_path / "store" / "data.mdb"):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path        # group and others may read

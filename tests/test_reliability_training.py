@@ -170,5 +170,5 @@ def test_a_truncated_training_lmdb_is_an_error_naming_it_not_a_crash_in_caffe(to
     with open(data, "r+b") as f:
         f.truncate(data.stat().st_size // 3)
     r = train(work, tmp_path / "run", "--max-iter", "2")
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])        # Caffe alone: SIGBUS (exit -7)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])   # Caffe alone: SIGBUS at the first missing page
     assert f"{data}: truncated" in r.stderr and "Traceback" not in r.stderr
