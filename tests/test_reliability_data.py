@@ -352,3 +352,29 @@ def test_generated_directories_follow_the_umask(tmp_path):
     for path in (tmp_path / "raw", tmp_path / "raw" / "scores.csv", tmp_path / "store",
                  tmp_path / "store" / "store.json", tmp_path / "store" / "data.mdb"):
         assert stat.S_IMODE(path.stat().st_mode) & 0o044 == 0o044, path        # group and others may read
+
+
+def test_ctrl_c_during_make_data_keeps_only_complete_outputs(tmp_path):
+    d = tmp_path / "big"
+    (d / "images").mkdir(parents=True)
+    n = 1500
+    for i in range(n):
+        cv2.imwrite(str(d / "images" / f"im{i:04d}.png"), noise(i, 64))
+    (d / "scores.csv").write_text("image,score\n" + "".join(f"im{i:04d}.png,{i}\n" for i in range(n)))
+    out = tmp_path / "data"
+    make_data(d, out, "--num-pairs", "100", "--pair-lmdb", "none")
+    proc = subprocess.Popen(make_data_cmd(d, out, "--num-pairs", "100", "--pair-lmdb", "none", "--sizes", "36", "64",
+                                          "--workers", "1"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "images_36_lmdb: up to date" in line:      # the next step builds images_64_lmdb
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout + stderr
+    assert "make_data: interrupted" in stderr and "Traceback" not in stderr
+    root = out / "scores-csv"
+    assert not (root / "images_64_lmdb").exists()
+    assert [p.name for p in root.glob(".*")] == [".lock"], "the partial build is removed"
+    again = make_data(d, out, "--num-pairs", "100", "--pair-lmdb", "none")
+    assert again.count("up to date") == 5          # the outputs finished before the interrupt are kept

@@ -382,6 +382,10 @@ def main(argv=None):
             err = disk_error(err, err.filename or args.out_root)
         print(f"make_data: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("make_data: interrupted: the outputs finished so far are kept, the one being built was dropped; "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
