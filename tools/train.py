@@ -98,6 +98,9 @@ def main(argv=None):
     except (StoreError, PairDataError, TruncatedFile, FileNotFoundError) as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:     # before the first iteration (later ones stop with a snapshot: Interrupted)
+        print("train: interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
     log = out / "train_log.csv"
     if log.exists():
         try:
