@@ -56,8 +56,9 @@ def _atomic(path, mode, write):
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise disk_error(err, path) from err
+        error = disk_error(err, path) if isinstance(err, OSError) else err
+        if error is not err:
+            raise error from err
         raise
     return path
 
