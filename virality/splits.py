@@ -75,6 +75,11 @@ def default_validation(dataset_name):
     return dict(DEFAULT_VALIDATION.get(dataset_name, FALLBACK_VALIDATION))
 
 
+def has_documented_sizes(dataset_name):
+    """True for datasets whose default validation sizes are fixed (the generated solvers match them)."""
+    return dataset_name in DEFAULT_VALIDATION
+
+
 def setting_test_images(setting):
     pairs = np.asarray(setting.test_pairs).reshape(-1, 3)
     return np.unique(np.concatenate([pairs[:, :2].ravel().astype(np.int64),
@@ -88,16 +93,28 @@ def _choose(rng, ids, k, what, setting):
     return np.sort(rng.choice(ids, size=k, replace=False))
 
 
-def split_setting(setting, num_pairs, images_per_side, seed):
-    """The :class:`Split` of ``setting`` (module docstring); deterministic for ``seed``."""
+def split_setting(setting, num_pairs, images_per_side, seed, fit=False):
+    """The :class:`Split` of ``setting`` (module docstring); deterministic for ``seed``.
+
+    fit: shrink the sizes to what a small dataset allows (at most a fifth of each pool's
+         non-test images, at most all their pairs) instead of raising :class:`SplitError`;
+         make_data does so for datasets without documented defaults when no size is given,
+         and says so (the sizes used are in ``Split.sizes()``).
+    """
     if num_pairs < 1 or images_per_side < 1:
         raise SplitError(f"validation sizes must be positive, got {num_pairs} pairs, {images_per_side} per side")
     rng = np.random.default_rng([int(seed), VAL_SEED_OFFSET])
     banned = setting_test_images(setting)
     if setting.train_pairs is not None:
+        if fit:
+            candidates = np.setdiff1d(np.unique(np.asarray(setting.train_pairs)[:, :2]), banned)
+            images_per_side = max(1, min(images_per_side, candidates.size // 10))
         return _split_pair_list(setting, num_pairs, 2 * images_per_side, banned, rng)
     viral = np.setdiff1d(np.asarray(setting.viral_pool, np.int64), banned)
     nonviral = np.setdiff1d(np.asarray(setting.nonviral_pool, np.int64), banned)
+    if fit:
+        images_per_side = max(1, min(images_per_side, min(viral.size, nonviral.size) // 5))
+        num_pairs = min(num_pairs, images_per_side ** 2)
     val_viral = _choose(rng, viral, images_per_side, "the viral pool", setting)
     val_nonviral = _choose(rng, nonviral, images_per_side, "the non-viral pool", setting)
     pool = dataclasses.replace(setting, name=f"{setting.name} (validation)", viral_pool=val_viral,
