@@ -320,3 +320,17 @@ def test_repeated_test_images_get_an_image_bootstrap_as_wide_as_the_clustered_va
     single = pairs[:n]
     acc1, l1, h1, m1 = accuracy_interval(f1[:n], f2[:n], single)
     assert m1 == WILSON and (l1, h1) == wilson_interval(right[:n].sum(), n)
+
+
+def test_small_tables_get_validation_fitted_only_when_asked(tmp_path):
+    from virality.splits import SplitError
+
+    rows = "image,score\n" + "".join(f"im{i:03d}.png,{i}\n" for i in range(60))
+    (tmp_path / "scores.csv").write_text(rows)
+    s = load_dataset("scores-csv", data_dir=tmp_path / "scores.csv").setting("random_disjoint")
+    with pytest.raises(SplitError, match="--val-images-per-side"):
+        split_setting(s, 1000, 250, seed=0)                   # documented sizes are never shrunk silently
+    split = split_setting(s, 1000, 250, seed=0, fit=True)
+    pool = np.setdiff1d(s.viral_pool, setting_test_images(s)).size    # 30 high images, 6 of them test images
+    assert split.val_images.size == 2 * (pool // 5) and len(split.val_pairs) == (pool // 5) ** 2
+    assert not np.isin(sample_pairs(split.train, 50, seed=1)[:, :2], split.val_images).any()

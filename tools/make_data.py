@@ -370,8 +370,8 @@ def build(args):
             if args.fit_validation and (len(split.val_pairs), split.val_images.size) != \
                     (args.val_pairs, 2 * args.val_images_per_side):
                 say(f"setting {setting.name}: validation fitted to the dataset's size: {len(split.val_pairs)} pairs "
-                    f"of {split.val_images.size} images (--val-pairs / --val-images-per-side set them; generate the "
-                    f"nets with tools/make_nets.py --val-records {len(split.val_pairs)})")
+                    f"of {split.val_images.size} images (--val-pairs / --val-images-per-side set them; give the nets "
+                    f"that validation size: tools/make_nets.py --help)")
             possible = max_pairs(split.train)
             if possible == 0:
                 raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "

@@ -106,10 +106,18 @@ def split_setting(setting, num_pairs, images_per_side, seed, fit=False):
     rng = np.random.default_rng([int(seed), VAL_SEED_OFFSET])
     banned = setting_test_images(setting)
     if setting.train_pairs is not None:
-        if fit:
-            candidates = np.setdiff1d(np.unique(np.asarray(setting.train_pairs)[:, :2]), banned)
-            images_per_side = max(1, min(images_per_side, candidates.size // 10))
-        return _split_pair_list(setting, num_pairs, 2 * images_per_side, banned, rng)
+        if not fit:
+            return _split_pair_list(setting, num_pairs, 2 * images_per_side, banned, rng)
+        # fitted: the fewest validation images (from a tenth of the images up) that hold a given pair
+        candidates = np.setdiff1d(np.unique(np.asarray(setting.train_pairs)[:, :2]), banned)
+        k = max(2, min(2 * images_per_side, candidates.size // 10))
+        while True:
+            try:
+                return _split_pair_list(setting, num_pairs, k, banned, np.random.default_rng([int(seed), VAL_SEED_OFFSET]))
+            except SplitError:
+                if k >= candidates.size // 2:
+                    raise
+                k = min(2 * k, candidates.size // 2)
     viral = np.setdiff1d(np.asarray(setting.viral_pool, np.int64), banned)
     nonviral = np.setdiff1d(np.asarray(setting.nonviral_pool, np.int64), banned)
     if fit:
