@@ -20,6 +20,8 @@ WEIGHTS  ?=
 GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
+# 1: train an alexnet/vgg19 model without ImageNet weights on purpose (tools/caffe_train.py --from-scratch)
+FROM_SCRATCH ?=
 
 .PHONY: help sysdeps venv caffe env nets test demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
 
@@ -30,7 +32,7 @@ help:
 	@echo "make venv     the Python environment .venv from requirements.txt"
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
 	@echo "make data DATASET=<name> [IMAGES=<dir>]              build data/<name>/ (image store, pairs, LMDBs)"
-	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
+	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>] [FROM_SCRATCH=1]   caffe train -solver solvers/<model>.prototxt"
 	@echo "                  (a *_tpvcnn trains its Topic-CNN first when needed; tools/caffe_train.py)"
 	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
 	@echo "make bench [QUICK=1]                                BENCHMARKS.md (make bench-torch first for PyTorch)"
@@ -70,7 +72,7 @@ eval: env
 	$(PY) tools/evaluate.py --dataset $(DATASET) --model $(MODEL) $(if $(IMAGES),--images $(IMAGES))
 
 train: env
-	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
+	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU)) $(if $(FROM_SCRATCH),--from-scratch)
 
 # Benchmarks (BENCHMARKS.md; bench/README.md). `make bench-torch` once adds PyTorch beside Caffe.
 bench: env

@@ -1,6 +1,7 @@
 """The user's workflow: metrics, the training driver (NaN stop, plateau drops, exact validation),
 prediction on broken files, and the evaluation report."""
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -156,20 +157,43 @@ def tiny_release(root, tmp_path_factory):
 def test_report_contains_every_setting_and_the_papers_numbers():
     from virality.datasets.base import Dataset
     dataset = Dataset("deza2015", np.arange(3), np.zeros(3), np.zeros(3, np.int32), ["x"], None)
-    settings = ["complete", "complete_disjoint", "top_bottom", "top_bottom_disjoint", "random", "random_disjoint"]
-    paper = {"complete": 60.11, "top_bottom": 69.97, "random": 63.35}
+    settings = ["complete_fold0", "complete_fold0_disjoint", "top_bottom", "top_bottom_disjoint", "random",
+                "random_disjoint"]
+    paper = {"complete_fold0": 60.11, "top_bottom": 69.97, "random": 63.35}
     results = [Result(s, "alexnet_pvcnn", "pairwise_accuracy", 0.6 + 0.01 * i, 0.55, 0.65, 489,
-                      paper.get(s), f"pairs of {s}", "x.caffemodel") for i, s in enumerate(settings)]
+                      paper.get(s), f"pairs of {s}", "x.caffemodel", interval="wilson",
+                      disjoint=s.endswith("_disjoint")) for i, s in enumerate(settings)]
     md = report_markdown(results, dataset, "Table 1")
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
-    assert all(s in header.split(" | ") or f"| {s} |" in header or s in header for s in settings)
+    # each image-disjoint figure first, the paper-protocol one beside it, each labelled
+    assert header.split(" | ")[1:] == ["complete_fold0_disjoint (image-disjoint)", "complete_fold0 (paper protocol)",
+                                       "top_bottom_disjoint (image-disjoint)", "top_bottom (paper protocol)",
+                                       "random_disjoint (image-disjoint)", "random (paper protocol) |"]
     for s in settings:
-        assert f"| {s} | 489 pairs | pairs of {s} |" in md
+        protocol = "image-disjoint" if s.endswith("_disjoint") else "paper protocol"
+        assert f"| {s} | {protocol} | 489 pairs | Wilson score interval" in md
     assert "[paper 69.97]" in md and "[paper 63.35]" in md and "[paper 60.11]" in md
+    assert md.count("[paper") == 3            # never beside an image-disjoint figure
     assert "60.00 (55.00-65.00)" in md
     assert "SYNTHETIC" not in md
     dataset.synthetic = True
     assert "SYNTHETIC" in report_markdown(results, dataset, "t")
+
+
+def test_report_gives_the_mean_of_the_five_complete_folds_when_all_exist():
+    from virality.datasets.base import Dataset
+    from virality.evaluation import fold_means
+    dataset = Dataset("deza2015", np.arange(3), np.zeros(3), np.zeros(3, np.int32), ["x"], None)
+    values = [0.60, 0.62, 0.64, 0.66, 0.68]
+    results = [Result(f"complete_fold{k}", "vgg19_pvcnn", "pairwise_accuracy", v, v - 0.03, v + 0.03, 1008,
+                      64.47, "d", f"f{k}.caffemodel", interval="wilson", fold=k) for k, v in enumerate(values)]
+    assert fold_means(results[:4]) == []      # 4 of 5 folds: no whole-data number
+    (mean,) = fold_means(results)
+    assert mean.setting == "complete_mean5" and mean.value == pytest.approx(0.64) and mean.n == 5040
+    assert (mean.low, mean.high) == (pytest.approx(0.60), pytest.approx(0.68))
+    md = report_markdown(results, dataset, "t")
+    assert "complete_mean5 (paper protocol)" in md and "64.00 (60.00-68.00) [paper 64.47]" in md
+    assert "lowest and highest of the 5 folds" in md
 
 
 # --- exact resume ---------------------------------------------------------------------------
@@ -226,11 +250,18 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
         val = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r["val_accuracy"]][-1]
     dataset = load_dataset("synthetic", data_dir=synthetic_project / "data/synthetic/raw")
     store = ImageStore(synthetic_project / "data/synthetic/images_36_lmdb")
-    result = evaluate_run(Run("random", "tiny_pvcnn", out / "tiny_pvcnn_iter_24.caffemodel",
-                              synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"), dataset, store)
-    assert result.n == len(np.load(synthetic_project / "data/synthetic/random/pairs_test.npy"))
+    # the driver validates on D_val: scoring the snapshot on D_val's pairs gives the same number
+    val_pairs = np.load(synthetic_project / "data/synthetic/random/pairs_val.npy")
+    on_val = dataclasses.replace(dataset.setting("random"), test_pairs=val_pairs)
+    dataset.settings["random (D_val)"] = dataclasses.replace(on_val, name="random (D_val)")
+    run = Run("random (D_val)", "tiny_pvcnn", out / "tiny_pvcnn_iter_24.caffemodel",
+              synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt")
+    result = evaluate_run(run, dataset, store)
+    assert result.n == len(val_pairs) == 300
     assert result.value == pytest.approx(val, abs=1e-9)
     assert result.value > 0.5                   # 24 iterations already beat chance on the synthetic world
+    test = evaluate_run(dataclasses.replace(run, setting="random"), dataset, store)   # D_test, once
+    assert test.n == len(np.load(synthetic_project / "data/synthetic/random/pairs_test.npy"))
 
 
 # --- explanation (Fig. 2) -------------------------------------------------------------------

@@ -8,8 +8,11 @@
 
 With --model, the model's latest snapshot in models/<model>/ is evaluated on the
 setting its train_val net was trained on (each setting keeps its own test pairs
-out of training, so a model is only scored on its own setting's test set). With
---run SETTING:MODEL:CAFFEMODEL (repeatable) any runs are combined in one table.
+out of training, so a model is only scored on its own setting's test set D_test;
+training validated on D_val only). With --run SETTING:MODEL:CAFFEMODEL (repeatable)
+any runs are combined in one table: each image-disjoint figure first, the
+paper-protocol one beside it, the interval named per setting, and the mean of the
+5 folds where all complete_fold<k> runs of a model are given (docs/PROTOCOL.md).
 Writes report.md, results.csv, results.json and accuracy.png under --out
 (default models/<model>/eval or demo/eval).
 """

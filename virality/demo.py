@@ -2,9 +2,11 @@
 
 1. data: the synthetic world, its image store, pairs and LMDBs (tools/make_data.py);
 2. nets for each evaluation setting (tools/make_nets.py's generator), under demo/nets/;
-3. train tiny_topic (the Topic-CNN), then for each setting tiny_pvcnn and tiny_tpvcnn
-   (its frozen topic branch initialised from the tiny_topic snapshot);
-4. evaluate every run on its own setting's held-out pairs, write the report and
+3. for each setting: tiny_topic (the setting's Topic-CNN, trained only on images the
+   ranking model may train on; one run serves settings whose topic training images are
+   the same), then tiny_pvcnn and tiny_tpvcnn (its frozen topic branch initialised from
+   that tiny_topic snapshot), each validated on the setting's D_val;
+4. evaluate every run once on its own setting's test pairs D_test, write the report and
    figures under demo/ and print the headline table.
 
 Everything lands in git-ignored demo/ and data/; nothing else is touched.
@@ -70,15 +72,22 @@ def run(out=DEMO_DIR, max_iter=0, num_pairs=None):
     for setting in SETTINGS:
         _generate(out / "nets" / setting, setting, ["tiny_topic", "tiny_pvcnn", "tiny_tpvcnn"])
 
-    _say("3/4 training on CPU: tiny_topic, then tiny_pvcnn and tiny_tpvcnn per setting")
+    _say("3/4 training on CPU: per setting tiny_topic, tiny_pvcnn and tiny_tpvcnn")
     timings = {}
-    topic_dir = out / "models" / "tiny_topic"
-    timings["tiny_topic"] = train("tiny_topic", out / "nets" / SETTINGS[0] / "solvers/tiny_topic.prototxt",
-                                  topic_dir, max_iter=max_iter)
-    topic_snapshot = latest_snapshot(topic_dir, "tiny_topic")
+    topic_runs = {}      # topic training set digest -> snapshot
     runs = []
     for setting in SETTINGS:
         nets = out / "nets" / setting
+        topic_key = topic_training_digest(DATA_DIR / DATASET / setting)
+        if topic_key not in topic_runs:
+            topic_dir = out / "models" / setting / "tiny_topic"
+            timings[f"tiny_topic/{setting}"] = train("tiny_topic", nets / "solvers/tiny_topic.prototxt", topic_dir,
+                                                     max_iter=max_iter)
+            topic_runs[topic_key] = latest_snapshot(topic_dir, "tiny_topic")
+        else:
+            _say(f"  [tiny_topic] {setting}: the same topic training images as an earlier setting; its "
+                 "Topic-CNN is reused")
+        topic_snapshot = topic_runs[topic_key]
         pv_dir = out / "models" / setting / "tiny_pvcnn"
         timings[f"tiny_pvcnn/{setting}"] = train("tiny_pvcnn", nets / "solvers/tiny_pvcnn.prototxt", pv_dir,
                                                  max_iter=max_iter)
@@ -110,6 +119,17 @@ def run(out=DEMO_DIR, max_iter=0, num_pairs=None):
     _say(f"report: {md}")
     _say(f"figures: {png}, training curves under {out / 'models'}")
     return md, results
+
+
+def topic_training_digest(setting_dir):
+    """sha256 of the image ids of a setting's Topic-CNN training LMDB (ids.npy beside the records)."""
+    import hashlib
+
+    import numpy as np
+    from virality.imagestore import IDS_FILE
+
+    ids = np.load(Path(setting_dir) / "topics_train_lmdb" / IDS_FILE)
+    return hashlib.sha256(np.sort(ids).astype(np.int64).tobytes()).hexdigest()
 
 
 def topic_note(results):

@@ -136,18 +136,19 @@ def training_figure(rows, title="", n_val=None, attribute="virality"):
     return fig
 
 
-def plot_accuracy(results, png, title, attribute="virality"):
+def plot_accuracy(results, png, title, attribute="virality", settings=None):
     """accuracy.png: ``accuracy_figure`` saved; returns the path."""
-    fig = accuracy_figure(results, title, attribute)
+    fig = accuracy_figure(results, title, attribute, settings)
     fig.savefig(png, dpi=100, bbox_inches="tight")       # the legend sits outside the axes
     plt.close(fig)
     return png
 
 
-def accuracy_figure(results, title, attribute="virality"):
-    """Table 1 as a figure: ours (bars, 95% Wilson intervals, n on each) beside the paper's number
-    (a black diamond), by setting; results are virality.evaluation.Result rows."""
-    settings = list(dict.fromkeys(r.setting for r in results))
+def accuracy_figure(results, title, attribute="virality", settings=None):
+    """Table 1 as a figure: ours (bars, 95% intervals, n on each) beside the paper's number (a black
+    diamond, on the paper-protocol settings only), by setting (``settings``: their order; default
+    as they come); results are virality.evaluation.Result rows."""
+    settings = settings or list(dict.fromkeys(r.setting for r in results))
     models = list(dict.fromkeys(r.model for r in results))
     by = {(r.model, r.setting): r for r in results}
     width = 0.8 / max(1, len(models))
@@ -167,7 +168,7 @@ def accuracy_figure(results, title, attribute="virality"):
             errs[0].append(lo)
             errs[1].append(hi)
             ns.append(f"n={r.n}")
-            if r.paper is not None:
+            if r.paper is not None and not getattr(r, "disjoint", False):
                 ax.plot([x], [r.paper], "kD", markersize=6, label=None if paper_drawn else "paper (Table 1)")
                 paper_drawn = True
         bars = ax.bar(xs, ys, width, yerr=errs, capsize=3, label=f"{model} (ours, 95% interval)")
