@@ -129,7 +129,8 @@ def honest_ceiling(res):
         cands = [(rates[r], lab) for lab, rates in libs.items() if r < len(rates) and rates[r] == rates[r]]
         per_round.append(max(cands) if cands else (float("nan"), "?"))
     winners = [lab for _, lab in per_round]
-    library = max(set(winners), key=winners.count) if winners else "?"
+    # the library that set the ceiling in most rounds; a tie goes to the higher median rate
+    library = max(libs, key=lambda lab: (winners.count(lab), med(g_list(libs[lab])))) if libs else "?"
     return {"libraries": libs, "rounds": per_round, "median": med(g_list([g for g, _ in per_round])),
             "library": library}
 
