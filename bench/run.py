@@ -210,7 +210,15 @@ def main():
     runner = Runner(engines)
 
     log(f"engines: {engines}")
+    machine = machine_info()
+    log(f"CPU: {hardware.cpu_title(machine['cpu_info'])}; "
+        + (f"OPENBLAS_CORETYPE={machine['blas_env']['OPENBLAS_CORETYPE']} (set by the environment, left as it is)"
+           if "OPENBLAS_CORETYPE" in machine["blas_env"] else "OPENBLAS_CORETYPE not set"))
     infos = {name: runner.caffe(name, ["info"]) for name in engines}
+    for name, info in infos.items():
+        b, nb = info["blas"], info.get("numpy_blas") or {}
+        log(f"BLAS of engine {name}: {b.get('config', b.get('library'))} (kernels {b.get('kernels', '?')}); "
+            f"numpy's: {nb.get('config', nb.get('kind', '?'))} (kernels {nb.get('kernels', '?')})")
     for name in engines:
         infos[name]["build"] = read_build_info(engines[name])
         infos[name]["path"] = str(Path(engines[name]).resolve())
@@ -223,7 +231,7 @@ def main():
     else:
         log(f"PyTorch skipped: {tnote}")
 
-    res = {"machine": machine_info(), "engines": infos, "variants": variants, "torch": tnote if tpy else None,
+    res = {"machine": machine, "engines": infos, "variants": variants, "torch": tnote if tpy else None,
            "torch_note": None if tpy else tnote, "command": " ".join(shlex.quote(a) for a in sys.argv),
            "quick": quick, "rounds": rounds, "pairs": args.pairs,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -250,6 +258,9 @@ def main():
                               "--iters", it_alex, "--warmup", 1], v["env"]))
         if tpy:
             torch_res.append(run_torch(tpy, ["--pairs", args.pairs, "--iters", it_alex, "--warmup", 1]))
+            if r == 0:
+                tb = torch_res[0]["blas"]
+                log(f"PyTorch's BLAS: {tb['config']} (kernels {tb['kernels']})")
         log(f"  round {r + 1}/{rounds}: " + ", ".join(
             f"{k} {median(alex[k][-1]['step_s']):.2f} s" for k in alex)
             + (f", torch {median(torch_res[-1]['step_s']):.2f} s" if tpy else ""))
