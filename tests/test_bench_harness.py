@@ -283,3 +283,18 @@ def test_the_report_judges_each_target_against_the_honest_ceiling_and_pytorch():
     assert summary["targets"] == "3 of 4" and summary["coretype"] == "Haswell"
     assert summary["kernels"] == "Haswell / Haswell / AVX512"
     assert "| OPENBLAS_CORETYPE | `Haswell`, set by the environment" in body
+
+
+def test_predict_photos_are_real_jpegs_at_user_sizes(tmp_path):
+    import cv2
+    import predict_e2e
+    info = predict_e2e.make_photos(tmp_path, 12)
+    files = sorted(tmp_path.iterdir())
+    assert [f.name for f in files] == [f"{i:05d}.jpg" for i in range(12)] and info["count"] == 12
+    sides = set()
+    for f in files:
+        image = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        assert image is not None and image.std() > 10           # a photo, not a flat stand-in
+        sides.add(max(image.shape[:2]))
+    assert sides <= {480, 640, 800} and len(sides) > 1
+    assert info["sources"] == list(predict_e2e.PHOTOS)
