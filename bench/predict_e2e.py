@@ -139,7 +139,8 @@ def time_cli(python, root, folder, env, batch=ONE_BATCH):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     expected = len(list((root / folder).iterdir()))
-    scored = [r for r in rows if r.get("score") not in ("", None) and not r.get("error")]
+    # a scored row has a rank and no error (whatever the score column is called)
+    scored = [r for r in rows if r.get("rank") not in ("", None) and not r.get("error")]
     if len(scored) != expected:
         raise RuntimeError(f"{' '.join(cmd)} scored {len(scored)} of {expected} photos:\n{proc.stderr[-3000:]}")
     return wall
