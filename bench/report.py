@@ -415,7 +415,8 @@ def render(res):
     w("")
     dep = res.get("layers_deploy")
     if dep:
-        inference_layers(w, dep, base)
+        inference_layers(w, dep, base, ceil_med,
+                         torch_infer[0]["infer_batch"] / med(iters(torch_infer, "infer_s")) if torch_infer else None)
     if pred:
         predict_section(w, pred, fwd_rate_rounds)
 
@@ -504,7 +505,7 @@ def predict_section(w, pred, fwd_rate_rounds):
     w("")
 
 
-def inference_layers(w, dep, base):
+def inference_layers(w, dep, base, ceiling_gflops, torch_rate):
     w(f"Where the deploy forward's time goes (alexnet_pvcnn, batch {dep['deploy_batch']}, engine `{base}`, "
       f"per layer, median of {len(dep['total_s'])} passes; *GEMM model*: the `cblas_sgemm` calls the engine "
       f"makes for the layer, timed alone on the same BLAS):")
@@ -525,8 +526,18 @@ def inference_layers(w, dep, base):
     fl = dep["flops"]["forward"]
     w(f"| **total** | | {total * 1e3:.0f} | 100% | {gemm_total * 1e3:.0f} | {(total - gemm_total) * 1e3:.0f} |")
     w("")
+    at_ceiling = fl / (ceiling_gflops * 1e9)
+    batch = dep["deploy_batch"]
     w(f"The GEMMs take {gemm_total / total:.0%} of the forward ({fl / 1e9:.1f} GFLOP for the batch: "
-      f"{fl / gemm_total / 1e9:.0f} GFLOP/s inside them, {fl / total / 1e9:.0f} GFLOP/s over the whole forward).")
+      f"{fl / gemm_total / 1e9:.0f} GFLOP/s inside them, {fl / total / 1e9:.0f} GFLOP/s over the whole forward); "
+      f"at the ceiling's {ceiling_gflops:.0f} GFLOP/s they would take {at_ceiling * 1e3:.0f} ms, a forward of "
+      f"about {(total - gemm_total + at_ceiling) * 1e3:.0f} ms ({batch / (total - gemm_total + at_ceiling):.0f} "
+      f"images/s) with the rest unchanged."
+      + (f" {TARGET_INFER_VS_TORCH}x PyTorch takes a forward of at most "
+         f"{batch / (TARGET_INFER_VS_TORCH * torch_rate) * 1e3:.0f} ms"
+         + (": less than the GEMMs alone need at the ceiling, so out of reach on this CPU for GEMM-based layers, "
+            "whatever else gets faster." if batch / (TARGET_INFER_VS_TORCH * torch_rate) < at_ceiling else ".")
+         if torch_rate else ""))
     w("")
 
 
@@ -622,7 +633,9 @@ def where_time_goes(w, res, lay, alex, base, pairs, torch_res, torch_pps, ceilin
     w("")
     w(f"**The BLAS's part.** The same GEMMs at the ceiling's rate ({ceiling_rate:.0f} GFLOP/s) would take "
       f"{at_ceiling:.2f} s instead of {gemm_t:.2f} s: a step of about {step - gemm_t + at_ceiling:.2f} s "
-      f"({pairs / (step - gemm_t + at_ceiling):.1f} pairs/s) with everything else unchanged.")
+      f"({pairs / (step - gemm_t + at_ceiling):.1f} pairs/s) with everything else unchanged"
+      + (f"; the budget of {min(need):.2f} s is less than the GEMMs alone need at the ceiling, so out of reach on "
+         f"this CPU for GEMM-based layers, whatever else gets faster." if min(need) < at_ceiling else "."))
     if ref:
         def conv_time(layers):
             return sum(l["forward_s"] + l["backward_s"] for l in layers if l["type"] == "Convolution")
