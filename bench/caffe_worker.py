@@ -112,34 +112,13 @@ def _sgemm_call(lib, ta, tb, m, n, k, a, b, c):
                     ctypes.c_float(0.0), c.ctypes.data_as(ctypes.c_void_p), n)
 
 
-def time_call(fn, min_time, repeats):
-    """Seconds per call of ``fn()``: calibrated to ~min_time / 3 per batch of calls, best of ``repeats``."""
-    fn()
-    calls = 1
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        dt = time.perf_counter() - t0
-        if dt >= min_time / 3 or calls >= 4096:
-            break
-        calls *= 4
-    best = [dt / calls]
-    for _ in range(repeats - 1):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        best.append((time.perf_counter() - t0) / calls)
-    return min(best)
-
-
 def numpy_gemm_gflops(size=2048, min_time=0.3, repeats=2):
     """float32 GEMM rate of numpy's own BLAS (np.matmul), in this process."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     c = np.empty((size, size), np.float32)
-    s = time_call(lambda: np.matmul(a, b, out=c), min_time, repeats)
+    s = common.time_call(lambda: np.matmul(a, b, out=c), min_time, repeats)
     return 2.0 * size ** 3 / s / 1e9
 
 
@@ -162,7 +141,7 @@ class Gemm:
         a = rng.standard_normal((k, m) if ta == TRANS else (m, k), dtype=np.float32)
         b = rng.standard_normal((n, k) if tb == TRANS else (k, n), dtype=np.float32)
         c = np.zeros((m, n), np.float32)
-        self.cache[key] = time_call(lambda: _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c), min_time, repeats)
+        self.cache[key] = common.time_call(lambda: _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c), min_time, repeats)
         return self.cache[key]
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (standard library only, like hardware)
 import hardware  # noqa: E402  (standard library only)
 
 LAMBDA = 0.001
@@ -75,26 +76,11 @@ def ranking_loss(f1, f2, y):
     return torch.sum(e_c + LAMBDA * e_r)
 
 
-def gemm_gflops(size=2048, min_time=0.3):
+def gemm_gflops(size=2048, min_time=0.3, repeats=2):
     a = torch.randn(size, size)
     b = torch.randn(size, size)
     c = torch.empty(size, size)
-    torch.mm(a, b, out=c)
-    calls, dt = 1, 0.0
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            torch.mm(a, b, out=c)
-        dt = time.perf_counter() - t0
-        if dt >= min_time / 3 or calls >= 4096:
-            break
-        calls *= 4
-    best = dt / calls
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        torch.mm(a, b, out=c)
-    best = min(best, (time.perf_counter() - t0) / calls)
-    return 2.0 * size ** 3 / best / 1e9
+    return 2.0 * size ** 3 / common.time_call(lambda: torch.mm(a, b, out=c), min_time, repeats) / 1e9
 
 
 def torch_blas():
