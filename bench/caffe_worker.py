@@ -47,8 +47,25 @@ class _DlInfo(ctypes.Structure):
                 ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
 
 
-def blas_library():
-    """Path of the library that provides libcaffe's cblas_sgemm in this process.
+#: The names libcaffe may import cblas_sgemm by: a prefixed BLAS (engine patch 0006, the
+#: scipy-openblas32 wheel: scipy_cblas_sgemm), 64-bit-integer builds, or the plain name.
+SGEMM_NAMES = ("scipy_cblas_sgemm", "scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm")
+
+
+def sgemm_name(libcaffe):
+    """The cblas_sgemm symbol libcaffe imports: the one named in its dynamic string table.
+
+    (Asking for plain cblas_sgemm would find Debian's OpenBLAS, which OpenCV pulls into
+    every Caffe process, even when libcaffe calls a prefixed one.)"""
+    data = Path(libcaffe).read_bytes()
+    for name in SGEMM_NAMES:
+        if b"\0" + name.encode() + b"\0" in data:
+            return name
+    raise RuntimeError(f"{libcaffe}: imports none of {', '.join(SGEMM_NAMES)}")
+
+
+def blas_sgemm():
+    """(library path, symbol name) of the cblas_sgemm libcaffe calls in this process.
 
     dlsym on libcaffe's handle resolves the symbol the way libcaffe's own calls bind
     (libcaffe, then its dependencies in load order); dladdr names the file. On Debian
@@ -56,14 +73,20 @@ def blas_library():
     """
     libcaffe = next(iter(hardware.mapped_libraries(r"^libcaffe\.so")), None)
     if not libcaffe:
-        return None
-    fn = ctypes.CDLL(libcaffe).cblas_sgemm
+        return None, None
+    name = sgemm_name(libcaffe)
+    fn = getattr(ctypes.CDLL(libcaffe), name)
     info = _DlInfo()
     libdl = ctypes.CDLL(None)
     libdl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
     if not libdl.dladdr(ctypes.cast(fn, ctypes.c_void_p), ctypes.byref(info)):
-        return None
-    return info.dli_fname.decode()
+        return None, None
+    return info.dli_fname.decode(), name
+
+
+def blas_library():
+    """Path of the library that provides libcaffe's cblas_sgemm in this process."""
+    return blas_sgemm()[0]
 
 
 def blas_info():
@@ -74,6 +97,7 @@ def blas_info():
         return {"library": None, "real_path": None}
     info = hardware.describe(path)
     info["real_path"] = os.path.realpath(path)
+    info["sgemm_symbol"] = blas_sgemm()[1]
     if info.get("kind") == "MKL":
         info["kernels"] = mkl_code_path(ctypes.CDLL(path))
     return info
@@ -89,7 +113,7 @@ def mkl_code_path(lib):
         lib.MKL_Verbose(1)
         a = np.ones((8, 8), np.float32)
         c = np.zeros((8, 8), np.float32)
-        _sgemm_call(lib, NO_TRANS, NO_TRANS, 8, 8, 8, a, a, c)
+        _sgemm_call(getattr(lib, blas_sgemm()[1]), NO_TRANS, NO_TRANS, 8, 8, 8, a, a, c)
         lib.MKL_Verbose(0)
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -104,10 +128,10 @@ def mkl_code_path(lib):
         return f"unknown ({err})"
 
 
-def _sgemm_call(lib, ta, tb, m, n, k, a, b, c):
+def _sgemm_call(sgemm, ta, tb, m, n, k, a, b, c):
     lda = a.shape[1]
     ldb = b.shape[1]
-    lib.cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, ctypes.c_float(1.0),
+    sgemm(ROW_MAJOR, ta, tb, m, n, k, ctypes.c_float(1.0),
                     a.ctypes.data_as(ctypes.c_void_p), lda, b.ctypes.data_as(ctypes.c_void_p), ldb,
                     ctypes.c_float(0.0), c.ctypes.data_as(ctypes.c_void_p), n)
 
@@ -126,11 +150,11 @@ class Gemm:
     """Times cblas_sgemm calls of given shapes on the loaded BLAS."""
 
     def __init__(self):
-        path = blas_library()
+        path, name = blas_sgemm()
         if not path:
             raise RuntimeError("no BLAS library found in this process")
-        self.lib = ctypes.CDLL(path)
-        self.lib.cblas_sgemm.restype = None
+        self.sgemm = getattr(ctypes.CDLL(path), name)
+        self.sgemm.restype = None
         self.cache = {}
 
     def seconds(self, ta, tb, m, n, k, min_time=0.05, repeats=3):
@@ -141,7 +165,7 @@ class Gemm:
         a = rng.standard_normal((k, m) if ta == TRANS else (m, k), dtype=np.float32)
         b = rng.standard_normal((n, k) if tb == TRANS else (k, n), dtype=np.float32)
         c = np.zeros((m, n), np.float32)
-        self.cache[key] = common.time_call(lambda: _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c), min_time, repeats)
+        self.cache[key] = common.time_call(lambda: _sgemm_call(self.sgemm, ta, tb, m, n, k, a, b, c), min_time, repeats)
         return self.cache[key]
 
 

@@ -298,3 +298,20 @@ def test_predict_photos_are_real_jpegs_at_user_sizes(tmp_path):
         sides.add(max(image.shape[:2]))
     assert sides <= {480, 640, 800} and len(sides) > 1
     assert info["sources"] == list(predict_e2e.PHOTOS)
+
+
+def test_the_sgemm_timed_is_the_one_libcaffe_imports(tmp_path):
+    """A prefixed BLAS (engine patch 0006: scipy_cblas_sgemm) is found by name in libcaffe's
+    string table; plain cblas_sgemm would resolve to Debian's OpenBLAS that OpenCV loads."""
+    lib = tmp_path / "libcaffe.so"
+    lib.write_bytes(b"\x7fELF\0scipy_cblas_sgemm\0cblas_saxpby\0")
+    assert caffe_worker.sgemm_name(lib) == "scipy_cblas_sgemm"
+    lib.write_bytes(b"\x7fELF\0cblas_sgemm\0cblas_saxpby\0")
+    assert caffe_worker.sgemm_name(lib) == "cblas_sgemm"
+    lib.write_bytes(b"\x7fELF\0xcblas_sgemm\0")
+    with pytest.raises(RuntimeError, match="imports none of"):
+        caffe_worker.sgemm_name(lib)
+    # and the engine this test runs on: the name is one its libcaffe really imports
+    libcaffe = next(iter(hardware.mapped_libraries(r"^libcaffe\.so")))
+    import ctypes
+    assert hasattr(ctypes.CDLL(libcaffe), caffe_worker.sgemm_name(libcaffe))
