@@ -479,7 +479,7 @@ def read_meta(path, expected_format=STORE_FORMAT):
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
         raise StoreError(f"{path}: missing or unreadable {META_FILE} ({err}); it is incomplete: rebuild it") from None
-    if meta.get("format") != expected_format or not meta.get("complete"):
+    if meta.get("format") != expected_format or meta.get("complete") is not True:
         raise StoreError(f"{path}: not a complete {expected_format} (format {meta.get('format')!r}, "
                          f"complete {meta.get('complete')!r}); rebuild it")
     return meta
