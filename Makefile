@@ -21,11 +21,12 @@ GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
 
-.PHONY: help sysdeps venv caffe env nets test demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test mutants demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
 	@echo "make test     all tests (installs everything first)"
+	@echo "make mutants [JOBS=2]  mutation testing: one-line changes the tests catch, per module (docs/TESTING.md)"
 	@echo "make caffe    build BVLC Caffe into ~/.cache/virality-caffe (CUDA=1 for a GPU build)"
 	@echo "make venv     the Python environment .venv from requirements.txt"
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
@@ -59,6 +60,11 @@ nets: env
 
 test: env
 	$(PY) -m pytest -q tests
+
+# Not part of `make test` (about an hour on 2 cores; docs/TESTING.md). JOBS workers, each with a copy.
+JOBS ?= 1
+mutants: env
+	$(PY) tools/mutants.py --jobs $(JOBS)
 
 demo: env
 	$(PY) tools/demo.py

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Mutation testing: change one line of a library module at a time and see whether the tests notice.
+
+    make mutants                                        # the modules of TARGETS, 1 worker
+    .venv/bin/python tools/mutants.py --jobs 2 --modules virality/metrics.py
+    .venv/bin/python tools/mutants.py --list virality/ranking.py     # print the mutants, run nothing
+
+Each mutant is one AST node changed on one line (operators, comparisons, boolean operators,
+constants, a call statement replaced by ``pass``; strings and docstrings are left alone). For
+each mutant the module's own test selection (TARGETS: the test files that exercise it, fast
+ones) runs in a private copy of the work tree with ``pytest -x``; a failure or a timeout
+catches the mutant. Mutants listed in EQUIVALENT (no observable change, with the reason) are
+reported apart and left out of the score.
+
+Writes mutants/report.md (per-module score, survivors with their line) and mutants/report.json;
+``--write-docs`` also puts the score table into docs/TESTING.md between its markers. Not part of
+``make test``: docs/TESTING.md gives the run time.
+"""
+import argparse
+import ast
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from virality.files import write_text_atomic  # noqa: E402
+
+# module -> pytest arguments: the tests that exercise it (slow paper-size tests left out).
+TARGETS = {
+    "virality/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py",
+                            "-k", "loss or pair_probability or pairwise or Loss or ranking"],
+    "virality/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
+                            "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
+    "virality/pairs.py": ["tests/test_pairs.py", "tests/test_config_effect.py", "tests/test_datasets_misc.py",
+                          "-k", "not ten_million"],
+    "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
+                             "not predict and not neighbours and not report and not make_train and not release"],
+    "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py", "-k",
+                                      "layer or loss_layer or generated"],
+    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
+                                   "layer or pair_index or resume or count_test_records"],
+}
+
+#: (module, original line, mutated line) -> why the change cannot be observed.
+EQUIVALENT = {
+    ("virality/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)",
+     "right += 0.5 if d == 0.0 else float(d * label >= 0.0)"):
+        "d * label == 0 only when d == 0 (labels are +-1), which the first branch takes",
+}
+
+
+@dataclass
+class Mutant:
+    module: str
+    line: int           # 1-based
+    before: str         # the line as it was (stripped)
+    after: str          # the line as mutated (stripped)
+    kind: str
+    status: str = ""    # caught, survived, timeout, equivalent, error
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ generating mutants
+
+_SWAP_OPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+             ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+_SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+             ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+
+
+def _docstring_nodes(tree):
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def _variants(node):
+    """(kind, replacement node) for each one-node change of ``node``."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _SWAP_OPS:
+        yield "operator", ast.BinOp(node.left, _SWAP_OPS[type(node.op)](), node.right)
+    elif isinstance(node, ast.AugAssign) and type(node.op) in _SWAP_OPS:
+        yield "operator", ast.AugAssign(node.target, _SWAP_OPS[type(node.op)](), node.value)
+    elif isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in _SWAP_CMP:
+                ops = list(node.ops)
+                ops[i] = _SWAP_CMP[type(op)]()
+                yield "comparison", ast.Compare(node.left, ops, node.comparators)
+    elif isinstance(node, ast.BoolOp):
+        yield "boolean", ast.BoolOp(ast.Or() if isinstance(node.op, ast.And) else ast.And(), node.values)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        yield "unary", node.operand
+    elif isinstance(node, ast.Constant) and type(node.value) in (bool, int, float):
+        value = node.value
+        new = (not value) if isinstance(value, bool) else value + 1
+        yield "constant", ast.Constant(new)
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        yield "statement", ast.Pass()
+
+
+def _segment(lines, node):
+    """(line index, start col, end col) of a node that sits on one line, else None."""
+    if not hasattr(node, "lineno") or node.lineno != getattr(node, "end_lineno", None):
+        return None
+    return node.lineno - 1, node.col_offset, node.end_col_offset
+
+
+def generate(module, source):
+    """Every one-line mutant of ``source``: list of (Mutant, mutated source)."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    skip = _docstring_nodes(tree)
+    out, seen = [], set()
+    for node in ast.walk(tree):
+        if id(node) in skip or isinstance(node, ast.JoinedStr):
+            continue
+        seg = _segment(lines, node)
+        if seg is None:
+            continue
+        row, start, end = seg
+        line = lines[row]
+        if "no mutate" in line:
+            continue
+        for kind, replacement in _variants(node):
+            new_line = line[:start] + ast.unparse(replacement) + line[end:]
+            if new_line == line or (row, new_line) in seen:
+                continue
+            mutated = "".join(lines[:row] + [new_line] + lines[row + 1:])
+            try:
+                if ast.dump(ast.parse(mutated)) == ast.dump(tree):
+                    continue
+            except SyntaxError:
+                continue
+            seen.add((row, new_line))
+            out.append((Mutant(module, row + 1, line.strip(), new_line.strip(), kind), mutated))
+    out.sort(key=lambda m: (m[0].line, m[0].after))
+    return out
+
+
+# ------------------------------------------------------------------ running them
+
+def _tracked_files():
+    res = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return [p for p in res.stdout.splitlines() if (ROOT / p).is_file()]
+
+
+def _shadow_venv(copy):
+    """copy/.venv: the work tree's venv by symlinks, except bin/caffe, whose wrapper names the copy
+    (it puts the project root first on PYTHONPATH, so Caffe's CLI imports the mutated layers)."""
+    real = Path(os.path.realpath(ROOT / ".venv"))
+    venv = copy / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "bin":
+            os.symlink(entry, venv / entry.name)
+    for entry in (real / "bin").iterdir():
+        if entry.name == "caffe":
+            (venv / "bin/caffe").write_text(entry.read_text().replace(str(ROOT), str(copy)))
+            (venv / "bin/caffe").chmod(0o755)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), venv / "bin" / entry.name)
+        else:
+            os.symlink(entry, venv / "bin" / entry.name)
+
+
+def make_copy(base):
+    """A private copy of the work tree (tracked and untracked files), sharing the venv and the engine."""
+    for rel in _tracked_files():
+        dst = base / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst)
+    os.symlink(os.path.realpath(ROOT / ".engine"), base / ".engine")
+    _shadow_venv(base)
+    return base
+
+
+def run_tests(copy, args, timeout):
+    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), GLOG_minloglevel="2", PYTHONDONTWRITEBYTECODE="1")
+    cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           f"--basetemp={copy}/.pytest_tmp", *args]
+    start = time.time()
+    try:
+        res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - start
+    # 0 passed, 1 some failed, 2 interrupted (a collection error), 5 no tests selected.
+    status = {0: "survived", 1: "caught", 2: "caught"}.get(res.returncode, "error")
+    return status, time.time() - start
+
+
+def _worker(copy, jobs, results, timeouts, progress):
+    while True:
+        try:
+            mutant, mutated = jobs.get_nowait()
+        except queue.Empty:
+            return
+        path = copy / mutant.module
+        original = path.read_text()
+        try:
+            path.write_text(mutated)
+            mutant.status, mutant.seconds = run_tests(copy, TARGETS[mutant.module], timeouts[mutant.module])
+        finally:
+            path.write_text(original)
+        results.append(mutant)
+        progress(mutant)
+
+
+def score_table(mutants, modules):
+    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for module in modules:
+        ms = [m for m in mutants if m.module == module]
+        caught = sum(m.status in ("caught", "timeout") for m in ms)
+        survived = sum(m.status in ("survived", "error") for m in ms)
+        equivalent = sum(m.status == "equivalent" for m in ms)
+        score = f"{100 * caught / (caught + survived):.1f}%" if caught + survived else "n/a"
+        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} |")
+    return "\n".join(rows)
+
+
+def write_docs(table, seconds, jobs):
+    doc = ROOT / "docs/TESTING.md"
+    text = doc.read_text()
+    start, end = "<!-- mutants:begin -->", "<!-- mutants:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"mutants: {doc} lacks the markers {start} / {end}")
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    body = (f"{start}\n{table}\n\nMeasured {stamp} by `make mutants` ({jobs} worker(s), "
+            f"{seconds / 60:.1f} min wall time).\n{end}")
+    head, rest = text.split(start, 1)
+    write_text_atomic(doc, head + body + rest.split(end, 1)[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modules", nargs="+", default=list(TARGETS), choices=list(TARGETS), metavar="MODULE",
+                   help="modules to mutate (default: all of TARGETS)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel workers, each with its own copy (default 1)")
+    p.add_argument("--list", nargs="?", const="all", metavar="MODULE", help="print the mutants and stop")
+    p.add_argument("--out", type=Path, default=ROOT / "mutants", help="report directory (default mutants/)")
+    p.add_argument("--write-docs", action="store_true", help="update the score table in docs/TESTING.md")
+    args = p.parse_args(argv)
+
+    modules = args.modules if args.list in (None, "all") else [args.list]
+    generated = {m: generate(m, (ROOT / m).read_text()) for m in modules}
+    if args.list:
+        for m in modules:
+            for mutant, _ in generated[m]:
+                print(f"{m}:{mutant.line} [{mutant.kind}] {mutant.before}  ->  {mutant.after}")
+        return 0
+    print(f"mutants: {sum(len(g) for g in generated.values())} mutants in {len(modules)} modules, "
+          f"{args.jobs} worker(s); tests per module: TARGETS in {Path(__file__).name}", flush=True)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="virality-mutants-") as tmp:
+        copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
+        timeouts = {}
+        for m in modules:          # the unmutated tests must pass; their time sets the timeout
+            status, seconds = run_tests(copies[0], TARGETS[m], timeout=1800)
+            if status != "survived":
+                print(f"mutants: the tests of {m} fail without any mutant ({' '.join(TARGETS[m])}); fix them first",
+                      file=sys.stderr)
+                return 2
+            timeouts[m] = max(60.0, 3 * seconds)
+            print(f"  baseline {m}: {seconds:.1f} s", flush=True)
+        jobs, results = queue.Queue(), []
+        for m in modules:
+            for mutant, mutated in generated[m]:
+                if (mutant.module, mutant.before, mutant.after) in EQUIVALENT:
+                    mutant.status = "equivalent"
+                    results.append(mutant)
+                else:
+                    jobs.put((mutant, mutated))
+        total, lock = jobs.qsize(), threading.Lock()
+
+        def progress(mutant):
+            with lock:
+                done = sum(r.status not in ("equivalent",) for r in results)
+                if mutant.status in ("survived", "error"):
+                    print(f"  [{done}/{total}] SURVIVED {mutant.module}:{mutant.line} {mutant.before!r} -> "
+                          f"{mutant.after!r}", flush=True)
+                elif done % 25 == 0:
+                    print(f"  [{done}/{total}] {time.time() - start:.0f} s", flush=True)
+
+        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress)) for c in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    seconds = time.time() - start
+    results.sort(key=lambda m: (modules.index(m.module), m.line, m.after))
+    table = score_table(results, modules)
+    lines = [f"# Mutation testing ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+             f"{seconds / 60:.1f} min, {args.jobs} worker(s))", "", table, "", "## Survivors", ""]
+    lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}` ({m.status})" for m in results
+              if m.status in ("survived", "error")] or ["none"]
+    lines += ["", "## Equivalent (excluded)", ""]
+    lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}`: "
+              f"{EQUIVALENT[(m.module, m.before, m.after)]}" for m in results if m.status == "equivalent"] or ["none"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(args.out / "report.json", json.dumps([asdict(m) for m in results], indent=1))
+    print(table)
+    print(f"mutants: {seconds:.0f} s; report {args.out / 'report.md'}")
+    if args.write_docs:
+        write_docs(table, seconds, args.jobs)
+        print("mutants: docs/TESTING.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
