@@ -9,6 +9,7 @@ metadata changes what happens, checked against the formula written out or the do
 - a pair list with a pair twice is refused;
 - the check that pretrained weights landed in both towers fires when they did not.
 """
+import dataclasses
 import json
 import math
 
@@ -92,6 +93,15 @@ def test_loss_config_rejects_non_finite_values():
         with pytest.raises(ValueError, match="finite"):
             LossConfig(**bad)
     assert LossConfig(lam=0.0).lam == 0.0                          # lambda 0 (no E_r) is allowed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LossConfig().lam = 0.5                                     # passed down, never changed on the way
+
+
+@pytest.mark.parametrize("labels", [[1, -2], [2, -1], [-1, 0], [-1, 0.5], [-1, -1, np.nan]])
+def test_every_label_other_than_plus_or_minus_one_is_refused(labels):
+    n = len(labels)
+    with pytest.raises(ValueError, match=r"labels must be \+1 .* or -1"):
+        ranking_loss(np.zeros(n), np.arange(n, dtype=float), labels)
 
 
 # ------------------------------------------------------------------ solvers: pairs per update
@@ -244,3 +254,34 @@ def test_a_tower_that_does_not_share_the_loaded_params_is_an_error(tiny_weights)
     net = build_net(unshared)
     with pytest.raises(WeightsError, match=r"\['conv1_p'.*do not equal the file"):
         load_weights(net, net_param, tiny_weights, check_zoo=False)
+
+
+# ------------------------------------------------------------------ the loss layer's shape checks
+
+@pytest.mark.parametrize("blob, shape, bottom", [("f1", (3, 1), "bottom 1 .f2."), ("f2", (3, 1), "bottom 1 .f2."),
+                                                  ("y", (3,), "bottom 2 .y."), ("f2", (4, 2), "bottom 1 .f2.")])
+def test_loss_layer_rechecks_shapes_that_change_after_setup(tmp_path, blob, shape, bottom):
+    from virality.layer_params import LayerConfigError
+    net = loss_net(tmp_path)
+    fill(net, F1, F2, Y)
+    net.forward()
+    net.blobs[blob].reshape(*shape)
+    with pytest.raises(LayerConfigError, match=f"RankingLoss.*{bottom}"):
+        net.reshape()
+
+
+def test_loss_layer_follows_a_new_batch_size(tmp_path):
+    net = loss_net(tmp_path)
+    fill(net, F1, F2, Y)
+    net.forward()
+    f1, f2, y = [0.3, -0.2, 1.0, 0.0, 2.0, -1.0], [0.1, 0.4, -1.0, 0.5, 2.5, -3.0], [1, 1, -1, -1, 1, -1]
+    for name, shape in (("f1", (6, 1)), ("f2", (6, 1)), ("y", (6,))):
+        net.blobs[name].reshape(*shape)
+    net.reshape()
+    fill(net, f1, f2, y)
+    out = net.forward()
+    want, _ = literal_loss_and_grads(np.float32(f1).astype(float), np.float32(f2).astype(float), y, 0.001, 0.1,
+                                     False)
+    assert out["loss"].shape == () and out["accuracy"].shape == ()
+    assert float(out["loss"]) == pytest.approx(want, rel=1e-6)
+    assert float(out["accuracy"]) == pytest.approx(2 / 6)       # by hand: pairs 0 and 3 are ordered right

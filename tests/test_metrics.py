@@ -5,6 +5,7 @@ truth (Pearson differs from Spearman), ties on both sides, and tolerances far be
 between Wilson and Wald intervals.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -41,8 +42,10 @@ def test_spearman_equals_scipy_with_ties(seed):
 
 def test_spearman_edge_cases():
     assert math.isnan(spearman([1.0], [2.0]))
-    assert math.isnan(spearman([3.0, 3.0, 3.0], [1.0, 2.0, 3.0]))
-    assert math.isnan(spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # NaN by decision, not by a 0/0
+        assert math.isnan(spearman([3.0, 3.0, 3.0], [1.0, 2.0, 3.0]))
+        assert math.isnan(spearman([1.0, 2.0, 3.0], [5.0, 5.0, 5.0]))
     assert spearman([[1.0], [2.0]], [1.0, 2.0]) == 1.0                  # column vectors are flattened
     with pytest.raises(ValueError, match="3 predictions for 2 values"):
         spearman([1, 2, 3], [1, 2])
@@ -102,6 +105,8 @@ def test_pairwise_accuracy_equals_a_counting_loop():
     right = sum(0.5 if a == b else float((a > b) == (t == 1)) for a, b, t in zip(f1, f2, y))
     assert pairwise_accuracy(f1, f2, y) == pytest.approx(right / 500, abs=1e-15)
     assert math.isnan(pairwise_accuracy([], [], []))
+    assert pairwise_accuracy([1.0], [0.0], [1]) == 1.0 and pairwise_accuracy([1.0], [0.0], [-1]) == 0.0
+    assert pairwise_accuracy([[2.0], [0.0]], [[1.0], [1.0]], [1, -1]) == 1.0   # (N, 1) score blobs
     with pytest.raises(ValueError, match="labels"):
         pairwise_accuracy([1.0], [0.0], [0])
 
