@@ -130,6 +130,7 @@ def test_plateau_state_survives_a_resume(lmdb_work, tmp_path, monkeypatch):
     # Resume from the snapshot of iteration 4 (one drop so far, best = the accuracy of iteration 2).
     _, lines = run_trainer(lmdb_work, out, monkeypatch, max_iter=8,
                            resume=out / "tiny_pvcnn_iter_4.solverstate", **common)
+    assert lines[1].startswith("train: 4 iterations from 4, 32 records/iteration")   # after the note
     drops = [line for line in lines if "learning-rate drop" in line]
     assert len(drops) == 2 and "drop 2/3" in drops[0] and "drop 3/3" in drops[1]
     rows = read_log(out)
@@ -184,8 +185,9 @@ def test_resume_is_exact_with_dropout_and_iter_size(index_work, tmp_path):
     res = train_tool(index_work, straight, "--max-iter", "12", *common, solver=solver)
     assert "64 records/iteration" in res.stdout                  # 32 pairs x iter_size 2
     train_tool(index_work, split, "--max-iter", "6", *common, solver=solver)
-    train_tool(index_work, split, "--max-iter", "12", "--resume", str(split / "tiny_pvcnn_iter_6.solverstate"),
-               *common, solver=solver)
+    resumed = train_tool(index_work, split, "--max-iter", "12", "--resume",
+                         str(split / "tiny_pvcnn_iter_6.solverstate"), *common, solver=solver)
+    assert "not bit-identical" not in resumed.stdout             # only Data-layer nets get that note
     deploy = index_work / "prototxt/tiny_pvcnn/deploy.prototxt"
     a = params_of(deploy, straight / "tiny_pvcnn_iter_12.caffemodel")
     b = params_of(deploy, split / "tiny_pvcnn_iter_12.caffemodel")
@@ -252,8 +254,9 @@ def test_solver_defaults_are_used_when_not_overridden(lmdb_work, tmp_path, monke
     solver = write_solver(tmp_path / "short.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", max_iter=4,
                           snapshot=2, display=2, test_interval=4,
                           net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
-    out = tmp_path / "run"
+    out = tmp_path / "runs" / "a" / "run"                         # made with its parents
     run_trainer(lmdb_work, out, monkeypatch, solver=solver)
+    run_trainer(lmdb_work, out, monkeypatch, solver=solver)       # a new run (no resume) starts a new log
     rows = read_log(out)
     assert [(int(r["iteration"]), bool(r["val_accuracy"])) for r in rows] == [(2, False), (4, True)]
     assert sorted(p.name for p in out.glob("*.caffemodel")) == ["tiny_pvcnn_iter_2.caffemodel",
@@ -353,3 +356,51 @@ def test_a_solver_whose_net_is_missing_is_refused(tmp_path):
     solver.write_text('net: "prototxt/none.prototxt"\nmax_iter: 1\n')
     with pytest.raises(FileNotFoundError, match="none.prototxt not found"):
         Trainer(TrainConfig(solver_path=solver, out_dir=tmp_path / "out", workdir=tmp_path))
+
+
+def test_config_defaults_are_the_documented_ones(lmdb_work, tmp_path, monkeypatch):
+    """docs/TRAINING.md: drop when accuracy has not improved by min_delta (0.002) for --patience (3)
+    validations; the solvers' seed 1701; fixed steps unless --lr-drops plateau."""
+    cfg = TrainConfig(solver_path=lmdb_work / "solvers/tiny_pvcnn.prototxt", out_dir=tmp_path, workdir=lmdb_work)
+    assert (cfg.patience, cfg.min_delta, cfg.seed, cfg.lr_drops) == (3, 0.002, 1701, "steps")
+    assert (cfg.max_iter, cfg.snapshot_interval, cfg.val_interval, cfg.display) == (0, 0, 0, 0)   # the solver's
+    assert cfg.weights is None and cfg.resume is None and cfg.gpu is None
+    # A solver without test_interval and display: validation every 1000 iterations, progress every 20.
+    bare = write_solver(tmp_path / "bare.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", test_interval=0,
+                        display=0, net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    monkeypatch.chdir(lmdb_work)
+    trainer = Trainer(TrainConfig(solver_path=bare, out_dir=tmp_path / "out", workdir=lmdb_work))
+    assert (trainer.val_interval, trainer.display, trainer.dropper.patience) == (1000, 20, 3)
+    assert trainer.dropper.min_delta == 0.002 and trainer.base.max_iter == 1000
+
+
+@pytest.mark.parametrize("gamma, want", [(0.5, 0.5e-12), (None, 1e-13)])
+def test_plateau_drop_uses_the_solvers_gamma_else_a_tenth(lmdb_work, tmp_path, monkeypatch, gamma, want):
+    solver = write_solver(tmp_path / "slow.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", base_lr=1e-12,
+                          net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    param = read_solver(solver)
+    if gamma is None:
+        param.ClearField("gamma")
+    else:
+        param.gamma = gamma
+    solver.write_text(text_format.MessageToString(param))
+    out = tmp_path / "run"
+    run_trainer(lmdb_work, out, monkeypatch, solver=solver, lr_drops="plateau", patience=1, val_interval=2,
+                max_iter=4)                                      # one drop, decided at iteration 4
+    assert read_solver(out / "solver.effective.prototxt").base_lr == pytest.approx(want, rel=1e-6)
+
+
+def test_the_seed_makes_initialisation_reproducible(lmdb_work, tmp_path, monkeypatch):
+    """With no random_seed in the solver, the driver's --seed alone decides the initial weights."""
+    solver = write_solver(tmp_path / "unseeded.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", base_lr=0.0,
+                          net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    param = read_solver(solver)
+    param.ClearField("random_seed")
+    solver.write_text(text_format.MessageToString(param))
+    deploy = lmdb_work / "prototxt/tiny_pvcnn/deploy.prototxt"
+    weights = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        run_trainer(lmdb_work, tmp_path / name, monkeypatch, solver=solver, max_iter=1, seed=seed)
+        weights[name] = params_of(deploy, tmp_path / name / "tiny_pvcnn_iter_1.caffemodel")[("conv1", 0)]
+    np.testing.assert_array_equal(weights["a"], weights["b"])
+    assert not np.array_equal(weights["a"], weights["c"])

@@ -21,7 +21,9 @@ import ast
 import json
 import os
 import queue
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,7 +53,15 @@ TARGETS = {
 #: (module, original line, mutated line) -> why the change cannot be observed. Lines as the report prints
 #: them (stripped, comments included); a change to the line makes the entry stale, and the mutant runs again.
 _RESHAPE = "numpy reads any negative size in reshape as 'infer this dimension': reshape(-2) is reshape(-1)"
+_LIMIT = ("a memory limit of the sampler: it changes how many keys one round draws or which lookup is used, "
+          "not the contract (distinct, uniform, balanced, deterministic per seed; both paths are tested)")
 EQUIVALENT = {
+    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
+    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
+    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 1 << 28"): _LIMIT,
+    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 2 << 27"): _LIMIT,
+    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 1 << 25"): _LIMIT,
+    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 2 << 24"): _LIMIT,
     ("virality/metrics.py", "return max(0.0, centre - half), min(1.0, centre + half)",
      "return max(0.0, centre - half), min(2.0, centre + half)"):
         "the Wilson upper bound never exceeds 1 by more than a rounding error; the clamp only removes that",
@@ -281,10 +291,31 @@ def main(argv=None):
     p.add_argument("--list", nargs="?", const="all", metavar="MODULE", help="print the mutants and stop")
     p.add_argument("--out", type=Path, default=ROOT / "mutants", help="report directory (default mutants/)")
     p.add_argument("--write-docs", action="store_true", help="update the score table in docs/TESTING.md")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="run a seeded random sample of N mutants per module (the report says so)")
+    p.add_argument("--rescore", type=Path, metavar="REPORT_JSON",
+                   help="recompute the report of an earlier run with the current EQUIVALENT list; run nothing")
     args = p.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the copies are removed and the running pytest is killed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if args.rescore:
+        results = [Mutant(**m) for m in json.loads(args.rescore.read_text())]
+        for m in results:
+            if (m.module, m.before, m.after) in EQUIVALENT:
+                m.status = "equivalent"
+        modules = list(dict.fromkeys(m.module for m in results))
+        write_report(results, modules, args.out, seconds=None, jobs=None, note=f"rescored from {args.rescore}")
+        return 0
 
     modules = args.modules if args.list in (None, "all") else [args.list]
     generated = {m: generate(m, (ROOT / m).read_text()) for m in modules}
+    sampled = {}
+    if args.sample:
+        for m in modules:
+            if len(generated[m]) > args.sample:
+                sampled[m] = len(generated[m])
+                generated[m] = sorted(random.Random(f"{m}:{args.sample}").sample(generated[m], args.sample),
+                                      key=lambda g: g[0].line)
     if args.list:
         for m in modules:
             for mutant, _ in generated[m]:
@@ -329,24 +360,34 @@ def main(argv=None):
         for t in threads:
             t.join()
     seconds = time.time() - start
+    note = ("sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())) if sampled else ""
+    table = write_report(results, modules, args.out, seconds, args.jobs, note)
+    if args.write_docs:
+        write_docs(table, seconds, args.jobs)
+        print("mutants: docs/TESTING.md updated")
+    return 0
+
+
+def write_report(results, modules, out, seconds, jobs, note=""):
     results.sort(key=lambda m: (modules.index(m.module), m.line, m.after))
     table = score_table(results, modules)
-    lines = [f"# Mutation testing ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
-             f"{seconds / 60:.1f} min, {args.jobs} worker(s))", "", table, "", "## Survivors", ""]
+    when = time.strftime('%Y-%m-%d %H:%M', time.gmtime())
+    took = f", {seconds / 60:.1f} min, {jobs} worker(s)" if seconds is not None else ""
+    lines = [f"# Mutation testing ({when} UTC{took})", "", *([note, ""] if note else []), table, "",
+             "## Survivors", ""]
     lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}` ({m.status})" for m in results
               if m.status in ("survived", "error")] or ["none"]
     lines += ["", "## Equivalent (excluded)", ""]
     lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}`: "
               f"{EQUIVALENT[(m.module, m.before, m.after)]}" for m in results if m.status == "equivalent"] or ["none"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "report.md", "\n".join(lines) + "\n")
-    write_text_atomic(args.out / "report.json", json.dumps([asdict(m) for m in results], indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "report.json", json.dumps([asdict(m) for m in results], indent=1))
     print(table)
-    print(f"mutants: {seconds:.0f} s; report {args.out / 'report.md'}")
-    if args.write_docs:
-        write_docs(table, seconds, args.jobs)
-        print("mutants: docs/TESTING.md updated")
-    return 0
+    if note:
+        print(note)
+    print(f"mutants: report {out / 'report.md'}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+    return table
 
 
 if __name__ == "__main__":
