@@ -44,7 +44,7 @@ TARGETS = {
     "virality/pairs.py": ["tests/test_pairs.py", "tests/test_config_effect.py", "tests/test_datasets_misc.py",
                           "-k", "not ten_million"],
     "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
-                             "not predict and not neighbours and not report and not make_train and not release"],
+                             "driver or dropper or validation_counts or non_finite or resume"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
     "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
                                    "layer or pair_index or resume or count_test_records"],
@@ -240,7 +240,7 @@ def run_tests(copy, args, timeout):
     return status, time.time() - start
 
 
-def _worker(copy, jobs, results, timeouts, progress):
+def _worker(copy, jobs, results, timeouts, progress, partial):
     while True:
         try:
             mutant, mutated = jobs.get_nowait()
@@ -255,6 +255,7 @@ def _worker(copy, jobs, results, timeouts, progress):
             path.write_text(original)
         results.append(mutant)
         progress(mutant)
+        partial(results)
 
 
 def score_table(mutants, modules):
@@ -354,7 +355,13 @@ def main(argv=None):
                 elif done % 25 == 0:
                     print(f"  [{done}/{total}] {time.time() - start:.0f} s", flush=True)
 
-        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress)) for c in copies]
+        def partial(done):     # results so far, so that an interrupted run still leaves them
+            with lock:
+                write_text_atomic(args.out / "partial.json", json.dumps([asdict(m) for m in done], indent=1))
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress, partial))
+                   for c in copies]
         for t in threads:
             t.start()
         for t in threads:

@@ -1,0 +1,72 @@
+"""Pair sampling at its edges (virality/pairs.py), with counts worked out by hand: settings without test
+pairs, test pairs that are not (viral, non-viral), pools of one image, ids 0 and 1, the membership
+lookup on both of its paths."""
+import numpy as np
+import pytest
+
+from virality import pairs as pairs_mod
+from virality.datasets.base import Setting
+from virality.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
+
+
+def setting(viral, nonviral, test_pairs=(), disjoint=False, test_images=(), name="edge"):
+    return Setting(name=name, description="", metric="pairwise_accuracy",
+                   test_pairs=np.array(test_pairs, dtype=np.int32).reshape(-1, 3) if len(test_pairs) else
+                   np.array([], dtype=np.int32),
+                   test_images=np.array(test_images, dtype=np.int64), viral_pool=np.array(viral, np.int64),
+                   nonviral_pool=np.array(nonviral, np.int64), disjoint=disjoint)
+
+
+def unordered(p):
+    return {frozenset((int(a), int(b))) for a, b in p[:, :2]}
+
+
+def test_no_test_pairs_at_all_allows_every_pair():
+    for disjoint in (False, True):
+        s = setting([0, 1, 2], [3, 4], disjoint=disjoint)              # test_pairs is a 1-D empty array
+        assert max_pairs(s) == 6                                       # 3 x 2, nothing excluded
+        p = sample_pairs(s, 6, seed=0)
+        assert unordered(p) == {frozenset((v, n)) for v in (0, 1, 2) for n in (3, 4)}
+        check_pairs(p, s)
+
+
+def test_test_pairs_must_have_three_columns():
+    s = setting([0, 1], [2, 3])
+    bad = Setting(**{**s.__dict__, "test_pairs": np.array([[0, 2], [1, 3]], np.int32)})
+    with pytest.raises(PairSamplingError, match="test_pairs must be \\(M, 3\\), got \\(2, 2\\)"):
+        max_pairs(bad)
+
+
+def test_labels_are_not_image_ids_in_a_disjoint_setting():
+    """Test pair (2, 3, +1) bans images 2 and 3; images 1 (a label's value) and 0 stay usable."""
+    s = setting([0, 1, 2], [3, 4, 5], [(2, 3, 1)], disjoint=True)
+    assert max_pairs(s) == 2 * 2                                     # {0, 1} x {4, 5}
+    assert unordered(sample_pairs(s, 4, seed=1)) == {frozenset((v, n)) for v in (0, 1) for n in (4, 5)}
+
+
+def test_pools_of_one_image_still_exclude_the_test_pair():
+    s = setting([7], [8, 9], [(8, 7, -1)])
+    assert max_pairs(s) == 1
+    assert unordered(sample_pairs(s, 1, seed=0)) == {frozenset((7, 9))}
+    t = setting([7, 6], [9], [(6, 9, 1)])
+    assert max_pairs(t) == 1
+    assert unordered(sample_pairs(t, 1, seed=0)) == {frozenset((7, 9))}
+
+
+def test_test_pairs_outside_viral_by_nonviral_exclude_nothing():
+    """(0, 1) joins two viral images and (2, 99) an image of no pool: neither is a possible training pair."""
+    s = setting([0, 1, 2], [10, 11, 12], [(0, 1, 1), (2, 99, 1), (12, 2, -1)])
+    assert max_pairs(s) == 9 - 1
+    assert frozenset((2, 12)) not in unordered(sample_pairs(s, 8, seed=2))
+
+
+@pytest.mark.parametrize("limit", [pairs_mod.TABLE_LIMIT, 0])
+def test_membership_lookup_on_both_paths(monkeypatch, limit):
+    monkeypatch.setattr(pairs_mod, "TABLE_LIMIT", limit)
+    ref = np.array([0, 2, 3, 9], np.int64)
+    values = np.array([-1, 0, 1, 2, 3, 4, 9, 10, 2 ** 30], np.int64)
+    np.testing.assert_array_equal(pairs_mod._isin_sorted(values, ref),
+                                  [False, True, False, True, True, False, True, False, False])
+    np.testing.assert_array_equal(pairs_mod._isin_sorted(np.array([-1, 3, 9]), ref), [False, True, True])
+    assert pairs_mod._isin_sorted(np.array([], np.int64), ref).shape == (0,)
+    assert not pairs_mod._isin_sorted(values, np.array([], np.int64)).any()
