@@ -70,3 +70,29 @@ def test_membership_lookup_on_both_paths(monkeypatch, limit):
     np.testing.assert_array_equal(pairs_mod._isin_sorted(np.array([-1, 3, 9]), ref), [False, True, True])
     assert pairs_mod._isin_sorted(np.array([], np.int64), ref).shape == (0,)
     assert not pairs_mod._isin_sorted(values, np.array([], np.int64)).any()
+
+
+def test_one_pair_from_a_large_space():
+    s = setting(range(0, 300), range(300, 600))
+    p = sample_pairs(s, 1, seed=4)
+    assert p.shape == (1, 3)
+    check_pairs(p, s)
+
+
+def test_every_pair_of_a_sparse_request_is_reachable():
+    """40 x 40 pairs, 100 per sample (the drawing path, not the enumerating one), 60 seeds: each pair is
+    expected 60 * 100 / 1600 = 3.75 times; the first and the last key of the space must both come up."""
+    s = setting(range(0, 40), range(40, 80))
+    seen = set()
+    for seed in range(60):
+        seen |= unordered(sample_pairs(s, 100, seed=seed))
+    assert frozenset((0, 40)) in seen and frozenset((39, 79)) in seen
+    assert len(seen) > 1500                                          # 1600 * (1 - exp(-3.75)) = 1563
+
+
+def test_ids_up_to_the_int32_maximum():
+    top = np.iinfo(np.int32).max
+    p = pairs_mod.orient_pairs(np.array([top]), np.array([0]), np.array([1]))
+    assert p.tolist() == [[top, 0, 1]]
+    with pytest.raises(PairSamplingError, match="int32"):
+        pairs_mod.orient_pairs(np.array([top + 1]), np.array([0]), np.array([1]))

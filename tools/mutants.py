@@ -41,8 +41,8 @@ TARGETS = {
     "virality/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
     "virality/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
                             "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
-    "virality/pairs.py": ["tests/test_pairs.py", "tests/test_config_effect.py", "tests/test_datasets_misc.py",
-                          "-k", "not ten_million"],
+    "virality/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
+                          "tests/test_datasets_misc.py", "-k", "not ten_million"],
     "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
                              "driver or dropper or validation_counts or non_finite or resume"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
@@ -55,6 +55,12 @@ TARGETS = {
 _RESHAPE = "numpy reads any negative size in reshape as 'infer this dimension': reshape(-2) is reshape(-1)"
 _LIMIT = ("a memory limit of the sampler: it changes how many keys one round draws or which lookup is used, "
           "not the contract (distinct, uniform, balanced, deterministic per seed; both paths are tested)")
+_PM1 = "labels are +1 or -1, never 0"
+_COPY = "whether astype copies is invisible: the arrays are not written to"
+_PATH = ("chooses between the enumerating and the drawing path (or the mask and the sorted path) at a "
+         "boundary; both give distinct, uniform, balanced pairs (both are tested)")
+_DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
+          "(and which equally valid uniform sample a seed gives)")
 EQUIVALENT = {
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
@@ -91,6 +97,51 @@ EQUIVALENT = {
     ("virality/ranking.py", "return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))",
      "return float(np.mean(np.where(agree == 0, 0.5, agree >= 0)))"):
         "agree == 0 is taken by the first branch of np.where",
+    ("virality/pairs.py", "y = np.where(rng.integers(0, 2, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)",
+     "y = np.where(rng.integers(0, 3, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)"):
+        "any i.i.d. coins give an exchangeable vector; flipping a random subset of the surplus then makes it "
+        "uniform over balanced label vectors all the same",
+    ("virality/pairs.py", "surplus = int((y > 0).sum()) - n_pos", "surplus = int((y >= 0).sum()) - n_pos"): _PM1,
+    ("virality/pairs.py", "sign = 1 if surplus > 0 else -1", "sign = 1 if surplus >= 0 else -1"):
+        "inside `if surplus:`, so surplus is never 0",
+    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+     "if max(viral.max(initial=0), nonviral.max(initial=1)) > top:"): "the initial value only matters for empty arrays",
+    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+     "if max(viral.max(initial=1), nonviral.max(initial=0)) > top:"): "the initial value only matters for empty arrays",
+    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+     "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=True)"): _COPY,
+    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+     "viral, nonviral = viral.astype(np.int32, copy=True), nonviral.astype(np.int32, copy=False)"): _COPY,
+    ("virality/pairs.py", "first = y > 0", "first = y >= 0"): _PM1,
+    ("virality/pairs.py", "if 2 * n > available:", "if 2 * n >= available:"): _PATH,
+    ("virality/pairs.py", "if 2 * n > available:", "if 2 / n > available:"): _PATH,
+    ("virality/pairs.py",
+     "drop = _sample_keys(rng, space, excluded, available - n) if available > n else np.empty(0, np.int64)",
+     "drop = _sample_keys(rng, space, excluded, available - n) if available >= n else np.empty(0, np.int64)"):
+        "at available == n both branches drop nothing",
+    ("virality/pairs.py", "if space <= MASK_LIMIT:", "if space < MASK_LIMIT:"): _PATH,
+    ("virality/pairs.py", "mask[excluded] = 2", "mask[excluded] = 3"):
+        "the mask only asks 'free (0)?' and 'drawn (1)?'; any other mark for excluded keys reads the same",
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space * np.log(free * max(free - need, 0.5))'): _DRAWS,
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space * np.log(free / max(free - need, 1.5))'): _DRAWS,
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space / np.log(free / max(free - need, 0.5))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect * 1.03 + 1025))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect * 2.0300000000000002 + 1024))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect / 1.03 + 1024))'): _DRAWS,
+    ("virality/pairs.py", 'while have < n:',
+     'while have <= n:'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have, n - have),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
 }
 
 
@@ -294,6 +345,8 @@ def main(argv=None):
     p.add_argument("--write-docs", action="store_true", help="update the score table in docs/TESTING.md")
     p.add_argument("--sample", type=int, metavar="N",
                    help="run a seeded random sample of N mutants per module (the report says so)")
+    p.add_argument("--retry", type=Path, metavar="REPORT_JSON",
+                   help="run again only what an earlier run did not catch (and new mutants); keep its catches")
     p.add_argument("--rescore", type=Path, metavar="REPORT_JSON",
                    help="recompute the report of an earlier run with the current EQUIVALENT list; run nothing")
     args = p.parse_args(argv)
@@ -337,18 +390,25 @@ def main(argv=None):
             timeouts[m] = max(60.0, 3 * seconds)
             print(f"  baseline {m}: {seconds:.1f} s", flush=True)
         jobs, results = queue.Queue(), []
+        earlier = {}
+        if args.retry:
+            earlier = {(m["module"], m["before"], m["after"]): m for m in json.loads(args.retry.read_text())}
         for m in modules:
             for mutant, mutated in generated[m]:
-                if (mutant.module, mutant.before, mutant.after) in EQUIVALENT:
+                key = (mutant.module, mutant.before, mutant.after)
+                if key in EQUIVALENT:
                     mutant.status = "equivalent"
+                    results.append(mutant)
+                elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
+                    mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
                     results.append(mutant)
                 else:
                     jobs.put((mutant, mutated))
-        total, lock = jobs.qsize(), threading.Lock()
+        total, lock, already = jobs.qsize(), threading.Lock(), len(results)
 
         def progress(mutant):
             with lock:
-                done = sum(r.status not in ("equivalent",) for r in results)
+                done = len(results) - already
                 if mutant.status in ("survived", "error"):
                     print(f"  [{done}/{total}] SURVIVED {mutant.module}:{mutant.line} {mutant.before!r} -> "
                           f"{mutant.after!r}", flush=True)
