@@ -285,3 +285,31 @@ def test_loss_layer_follows_a_new_batch_size(tmp_path):
     assert out["loss"].shape == () and out["accuracy"].shape == ()
     assert float(out["loss"]) == pytest.approx(want, rel=1e-6)
     assert float(out["accuracy"]) == pytest.approx(2 / 6)       # by hand: pairs 0 and 3 are ordered right
+
+
+def test_loss_layer_keeps_its_checked_shapes_between_passes(tmp_path):
+    """An unchanged shape is not re-checked (pycaffe's Blob.shape is a fresh IntVec each time, so the cache
+    compares tuples): a reshape between forward and backward keeps the forward's result."""
+    net = loss_net(tmp_path)
+    fill(net, F1, F2, Y)
+    net.forward()
+    net.reshape()
+    net.backward()
+    f1, f2 = np.float32(F1).astype(float), np.float32(F2).astype(float)
+    _, want = literal_loss_and_grads(f1, f2, Y, 0.001, 0.1, False)
+    np.testing.assert_allclose(net.blobs["f1"].diff.ravel(), want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("scalar, message", [("f1", r"bottom 0 \(f1\).*got \(\) \(f1 has 0 pairs\)"),
+                                             ("f2", r"bottom 1 \(f2\).*got \(\) \(f1 has 4 pairs\)")])
+def test_loss_layer_names_a_scalar_bottom(tmp_path, scalar, message):
+    from virality.layer_params import LayerConfigError
+    dims = {"f1": "dim: 4 dim: 1", "f2": "dim: 4 dim: 1", "y": "dim: 4"}
+    dims[scalar] = ""
+    inputs = "".join(f'layer {{ name: "{b}" type: "Input" top: "{b}" input_param {{ shape {{ {dims[b]} }} }} }}\n'
+                     for b in ("f1", "f2", "y"))
+    (tmp_path / "scalar.prototxt").write_text(inputs + '''
+        layer { name: "loss" type: "Python" bottom: "f1" bottom: "f2" bottom: "y" top: "loss" loss_weight: 1
+                python_param { module: "python_layers.ranking_loss" layer: "RankingLoss" } }''')
+    with pytest.raises(LayerConfigError, match=message):
+        caffe.Net(str(tmp_path / "scalar.prototxt"), caffe.TEST)
