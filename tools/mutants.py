@@ -59,6 +59,8 @@ _PM1 = "labels are +1 or -1, never 0"
 _COPY = "whether astype copies is invisible: the arrays are not written to"
 _PATH = ("chooses between the enumerating and the drawing path (or the mask and the sorted path) at a "
          "boundary; both give distinct, uniform, balanced pairs (both are tested)")
+_LOOKUP = ("moves a boundary between the lookup-table and the binary-search membership test; both give the "
+           "same answer there (both are tested)")
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
 EQUIVALENT = {
@@ -142,6 +144,13 @@ EQUIVALENT = {
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
     ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
+    ("virality/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
+        "an empty array of test pairs: its column count is never read",
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 1 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 0 and hi <= TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "table = np.zeros(int(hi) + 1, dtype=bool)", "table = np.zeros(int(hi) + 2, dtype=bool)"):
+        "a lookup table one entry longer than needed answers the same",
 }
 
 
