@@ -68,6 +68,8 @@ def test_membership_lookup_on_both_paths(monkeypatch, limit):
     np.testing.assert_array_equal(pairs_mod._isin_sorted(values, ref),
                                   [False, True, False, True, True, False, True, False, False])
     np.testing.assert_array_equal(pairs_mod._isin_sorted(np.array([-1, 3, 9]), ref), [False, True, True])
+    np.testing.assert_array_equal(pairs_mod._isin_sorted(np.array([5, 9, 2 ** 30]), np.array([5])),
+                                  [True, False, False])             # past the end of a one-element reference
     assert pairs_mod._isin_sorted(np.array([], np.int64), ref).shape == (0,)
     assert not pairs_mod._isin_sorted(values, np.array([], np.int64)).any()
 

@@ -151,6 +151,11 @@ EQUIVALENT = {
     ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 0 and hi <= TABLE_LIMIT:"): _LOOKUP,
     ("virality/pairs.py", "table = np.zeros(int(hi) + 1, dtype=bool)", "table = np.zeros(int(hi) + 2, dtype=bool)"):
         "a lookup table one entry longer than needed answers the same",
+    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+     "if tp.size == 0 and viral.size == 0 and (nonviral.size == 0):"):
+        "with an empty pool no test pair is in both pools, so the keys come out empty either way",
+    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+     "if tp.size == 1 or viral.size == 0 or nonviral.size == 0:"): "test_pairs is (M, 3): its size is never 1",
 }
 
 
