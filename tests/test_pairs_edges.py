@@ -98,3 +98,13 @@ def test_ids_up_to_the_int32_maximum():
     assert p.tolist() == [[top, 0, 1]]
     with pytest.raises(PairSamplingError, match="int32"):
         pairs_mod.orient_pairs(np.array([top + 1]), np.array([0]), np.array([1]))
+
+
+def test_a_pair_list_drops_test_pairs_given_in_either_order():
+    train = [(3, 4, 1), (5, 6, 1), (8, 7, -1), (9, 10, 1)]
+    s = Setting(name="list", description="", metric="pairwise_accuracy",
+                test_pairs=np.array([(3, 4, 1), (7, 8, 1)], np.int32), test_images=np.array([3, 4, 7, 8]),
+                viral_pool=np.zeros(0, np.int64), nonviral_pool=np.zeros(0, np.int64), disjoint=False,
+                train_pairs=np.array(train, np.int32))
+    assert max_pairs(s) == 2
+    assert unordered(sample_pairs(s, 2, seed=0)) == {frozenset((5, 6)), frozenset((9, 10))}

@@ -156,6 +156,8 @@ EQUIVALENT = {
         "with an empty pool no test pair is in both pools, so the keys come out empty either way",
     ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
      "if tp.size == 1 or viral.size == 0 or nonviral.size == 0:"): "test_pairs is (M, 3): its size is never 1",
+    ("virality/pairs.py", "ok = thi < width", "ok = thi <= width"):
+        "a test key lo * width + width equals (lo + 1) * width + 0, which no training pair has (lo < hi)",
 }
 
 
