@@ -108,3 +108,26 @@ def test_a_pair_list_drops_test_pairs_given_in_either_order():
                 train_pairs=np.array(train, np.int32))
     assert max_pairs(s) == 2
     assert unordered(sample_pairs(s, 2, seed=0)) == {frozenset((5, 6)), frozenset((9, 10))}
+
+
+def test_pools_may_use_the_largest_int32_id():
+    top = int(np.iinfo(np.int32).max)
+    p = sample_pairs(setting([top], [0, 1]), 2, seed=0)
+    assert unordered(p) == {frozenset((top, 0)), frozenset((top, 1))}
+    with pytest.raises(PairSamplingError, match="fit in int32"):
+        sample_pairs(setting([top + 1], [0]), 1, seed=0)
+
+
+def test_too_many_from_a_pair_list_names_the_usable_count():
+    s = Setting(name="list", description="", metric="pairwise_accuracy", test_pairs=np.zeros((0, 3), np.int32),
+                test_images=np.zeros(0, np.int64), viral_pool=np.zeros(0, np.int64),
+                nonviral_pool=np.zeros(0, np.int64), disjoint=False,
+                train_pairs=np.array([(0, 1, 1), (2, 3, -1), (4, 5, 1), (6, 7, 1), (8, 9, -1)], np.int32))
+    with pytest.raises(PairSamplingError, match="has 5 usable training pairs .* ask for at most 5"):
+        sample_pairs(s, 6, seed=0)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 3), np.int64), np.zeros((4, 2), np.int32), np.zeros(12, np.int32)])
+def test_check_pairs_wants_int32_rows_of_three(bad):
+    with pytest.raises(ValueError, match="pairs must be int32 \\(N, 3\\)"):
+        check_pairs(bad, setting([0, 1], [2, 3]))
