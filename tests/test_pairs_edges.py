@@ -131,3 +131,12 @@ def test_too_many_from_a_pair_list_names_the_usable_count():
 def test_check_pairs_wants_int32_rows_of_three(bad):
     with pytest.raises(ValueError, match="pairs must be int32 \\(N, 3\\)"):
         check_pairs(bad, setting([0, 1], [2, 3]))
+
+
+def test_check_pairs_finds_a_test_pair_in_either_order():
+    s = setting([0, 1, 2], [3, 4, 5], [(4, 1, -1), (2, 5, 1)])            # not disjoint: only the pairs are banned
+    good = np.array([(0, 3, 1), (4, 2, -1)], np.int32)
+    check_pairs(good, s)
+    for leak in ([(1, 4, 1), (0, 3, -1)], [(5, 2, -1), (0, 3, 1)]):
+        with pytest.raises(ValueError, match="equals a test pair of setting 'edge'"):
+            check_pairs(np.array(leak, np.int32), s)
