@@ -81,7 +81,9 @@ def test_one_pair_from_a_large_space():
     check_pairs(p, s)
 
 
-def test_every_pair_of_a_sparse_request_is_reachable():
+@pytest.mark.parametrize("mask_limit", [pairs_mod.MASK_LIMIT, 0])        # byte mask, then sorted keys
+def test_every_pair_of_a_sparse_request_is_reachable(monkeypatch, mask_limit):
+    monkeypatch.setattr(pairs_mod, "MASK_LIMIT", mask_limit)
     """40 x 40 pairs, 100 per sample (the drawing path, not the enumerating one), 60 seeds: each pair is
     expected 60 * 100 / 1600 = 3.75 times; the first and the last key of the space must both come up."""
     s = setting(range(0, 40), range(40, 80))
@@ -140,3 +142,26 @@ def test_check_pairs_finds_a_test_pair_in_either_order():
     for leak in ([(1, 4, 1), (0, 3, -1)], [(5, 2, -1), (0, 3, 1)]):
         with pytest.raises(ValueError, match="equals a test pair of setting 'edge'"):
             check_pairs(np.array(leak, np.int32), s)
+
+
+def test_negative_ids_are_refused():
+    with pytest.raises(PairSamplingError, match="non-negative"):
+        sample_pairs(setting([-3, 1], [5, 6]), 1, seed=0)
+
+
+def test_a_pair_list_drops_a_test_pair_with_its_largest_id():
+    s = Setting(name="list", description="", metric="pairwise_accuracy",
+                test_pairs=np.array([(10, 9, -1)], np.int32), test_images=np.array([9, 10]),
+                viral_pool=np.zeros(0, np.int64), nonviral_pool=np.zeros(0, np.int64), disjoint=False,
+                train_pairs=np.array([(3, 4, 1), (9, 10, 1)], np.int32))
+    assert max_pairs(s) == 1
+
+
+def test_check_pairs_reports_unbalanced_labels_and_pools():
+    s = setting([0, 1, 2], [3, 4, 5])
+    with pytest.raises(ValueError, match="labels are not balanced: 3 of 4 are \\+1"):
+        check_pairs(np.array([(0, 3, 1), (1, 4, 1), (2, 5, 1), (3, 2, -1)], np.int32), s)
+    with pytest.raises(ValueError, match="labels are not balanced: 1 of 4 are \\+1"):
+        check_pairs(np.array([(0, 3, 1), (4, 1, -1), (5, 2, -1), (3, 2, -1)], np.int32), s)
+    with pytest.raises(ValueError, match="disagrees with the pools"):
+        check_pairs(np.array([(0, 1, 1), (4, 2, -1)], np.int32), s)      # (0, 1): two viral images

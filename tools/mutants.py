@@ -61,6 +61,8 @@ _PATH = ("chooses between the enumerating and the drawing path (or the mask and 
          "boundary; both give distinct, uniform, balanced pairs (both are tested)")
 _LOOKUP = ("moves a boundary between the lookup-table and the binary-search membership test; both give the "
            "same answer there (both are tested)")
+_WIDTH = ("a wider key space (or a different floor for an empty one) keeps lo * width + hi one-to-one "
+          "on the pairs")
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
 EQUIVALENT = {
@@ -158,6 +160,28 @@ EQUIVALENT = {
      "if tp.size == 1 or viral.size == 0 or nonviral.size == 0:"): "test_pairs is (M, 3): its size is never 1",
     ("virality/pairs.py", "ok = thi < width", "ok = thi <= width"):
         "a test key lo * width + width equals (lo + 1) * width + 0, which no training pair has (lo < hi)",
+    ("virality/pairs.py", 'while have.size < n:',
+     'while have.size <= n:'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have.size, n - have.size),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have.size, n - have.size),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n + have.size),'): _DRAWS,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=0), 0)) + 2'): _WIDTH,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=0), 1)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=1), 0)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+     'width = int(hi.max(initial=0)) + 2'): _WIDTH,
+    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+     'width = int(hi.max(initial=1)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'winner = np.where(p[:, 2] > 0, p[:, 0], p[:, 1])',
+     'winner = np.where(p[:, 2] >= 0, p[:, 0], p[:, 1])'): _PM1,
+    ("virality/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
+     'loser = np.where(p[:, 2] >= 0, p[:, 1], p[:, 0])'): _PM1,
 }
 
 
