@@ -208,6 +208,7 @@ def _loss_net_with_lambda(work, lam):
     return out
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")   # the point of the test
 def test_an_infinite_loss_stops_training_at_its_iteration(lmdb_work, tmp_path, monkeypatch):
     """lambda = 1e38: each pair's lambda * E_r is at least 1e38 / (d^2 + 0.1), and 32 of them overflow
     the float32 loss blob to +inf at the very first iteration (not NaN)."""
