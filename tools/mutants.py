@@ -63,7 +63,7 @@ _LOOKUP = ("moves a boundary between the lookup-table and the binary-search memb
            "same answer there (both are tested)")
 _WIDTH = ("a wider key space (or a different floor for an empty one) keeps lo * width + hi one-to-one "
           "on the pairs")
-_GPU = "the GPU branch: not observable on the CPU-only machines the tests run on (bench/gpu.sh covers a GPU)"
+_GPU = "the GPU branch: not observable on the CPU-only machines the tests run on"
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
 EQUIVALENT = {
