@@ -61,7 +61,7 @@ nets: env
 test: env
 	$(PY) -m pytest -q tests
 
-# Not part of `make test` (about an hour on 2 cores; docs/TESTING.md). JOBS workers, each with a copy.
+# Not part of `make test` (hours on 2 cores, most of it training.py; docs/TESTING.md). JOBS workers, each with a copy.
 JOBS ?= 1
 mutants: env
 	$(PY) tools/mutants.py --jobs $(JOBS)
