@@ -23,11 +23,12 @@ IMAGES   ?=
 # 1: train an alexnet/vgg19 model without ImageNet weights on purpose (tools/caffe_train.py --from-scratch)
 FROM_SCRATCH ?=
 
-.PHONY: help sysdeps venv caffe env nets test third-party-model demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test third-party-model mutants demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
 	@echo "make test     all tests (installs everything first)"
+	@echo "make mutants [JOBS=2]  mutation testing: one-line changes the tests catch, per module (docs/TESTING.md)"
 	@echo "make caffe    build BVLC Caffe into ~/.cache/virality-caffe (CUDA=1 for a GPU build)"
 	@echo "make venv     the Python environment .venv from requirements.txt"
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
@@ -67,6 +68,11 @@ test: env third-party-model
 # once it is there and verifies (tests/third_party_model.py).
 third-party-model: venv
 	@$(PY) tests/third_party_model.py
+
+# Not part of `make test` (hours on 2 cores, most of it training.py; docs/TESTING.md). JOBS workers, each with a copy.
+JOBS ?= 1
+mutants: env
+	$(PY) tools/mutants.py --jobs $(JOBS)
 
 demo: env
 	$(PY) tools/demo.py

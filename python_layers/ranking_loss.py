@@ -58,7 +58,7 @@ class RankingLoss(caffe.Layer):
     def reshape(self, bottom, top):
         # Caffe calls reshape before every forward: nothing to do when the shapes are the
         # ones already checked (this keeps the layer's share of a tiny net's step small).
-        shapes = (bottom[0].shape, bottom[1].shape, bottom[2].shape)
+        shapes = (tuple(bottom[0].shape), tuple(bottom[1].shape), tuple(bottom[2].shape))   # IntVec: by identity
         if shapes == self._shapes:
             return
         n = bottom[0].shape[0] if bottom[0].shape else 0

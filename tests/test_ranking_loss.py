@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+import caffe  # the engine is never optional: a missing or broken pycaffe fails this module
 from virality.layer_params import LayerConfigError
 from virality.ranking import LossConfig, pair_probability, pairwise_accuracy, ranking_loss
 
@@ -146,8 +147,6 @@ def test_pairwise_accuracy_and_ties():
 
 
 # --- the Caffe layer --------------------------------------------------------------------------
-
-caffe = pytest.importorskip("caffe")
 
 
 def loss_net(tmp_path, n=4, param_str=None, loss_weight=1.0, tops=2, propagate_down=None, bottoms=3):

@@ -561,7 +561,7 @@ def read_meta(path, expected_format=STORE_FORMAT):
     except (OSError, ValueError) as err:
         raise StoreError(f"{path}: missing or unreadable {META_FILE} ({err}); it is incomplete: {REBUILD_HINT}") \
             from None
-    if not isinstance(meta, dict) or meta.get("format") != expected_format or not meta.get("complete"):
+    if not isinstance(meta, dict) or meta.get("format") != expected_format or meta.get("complete") is not True:
         got = meta if not isinstance(meta, dict) else f"format {meta.get('format')!r}, complete {meta.get('complete')!r}"
         raise StoreError(f"{path}: not a complete {expected_format} ({got}); {REBUILD_HINT}")
     return meta

@@ -1,0 +1,507 @@
+#!/usr/bin/env python3
+"""Mutation testing: change one line of a library module at a time and see whether the tests notice.
+
+    make mutants                                        # the modules of TARGETS, 1 worker
+    .venv/bin/python tools/mutants.py --jobs 2 --modules virality/metrics.py
+    .venv/bin/python tools/mutants.py --list virality/ranking.py     # print the mutants, run nothing
+
+Each mutant is one AST node changed on one line (operators, comparisons, boolean operators,
+constants, a call statement replaced by ``pass``; strings and docstrings are left alone). For
+each mutant the module's own test selection (TARGETS: the test files that exercise it, fast
+ones) runs in a private copy of the work tree with ``pytest -x``; a failure or a timeout
+catches the mutant. Mutants listed in EQUIVALENT (no observable change, with the reason) are
+reported apart and left out of the score.
+
+Writes mutants/report.md (per-module score, survivors with their line) and mutants/report.json;
+``--write-docs`` also puts the score table into docs/TESTING.md between its markers. Not part of
+``make test``: docs/TESTING.md gives the run time.
+"""
+import argparse
+import ast
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from virality.files import write_text_atomic  # noqa: E402
+
+# module -> pytest arguments: the tests that exercise it (slow paper-size tests left out).
+TARGETS = {
+    "virality/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
+    "virality/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
+                            "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
+    "virality/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
+                          "tests/test_datasets_misc.py", "-k", "not ten_million"],
+    "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
+                             "driver or dropper or validation or non_finite or resume"],
+    "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
+    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
+                                   "layer or pair_index or resume or count_test_records"],
+}
+
+#: (module, original line, mutated line) -> why the change cannot be observed. Lines as the report prints
+#: them (stripped, comments included); a change to the line makes the entry stale, and the mutant runs again.
+_RESHAPE = "numpy reads any negative size in reshape as 'infer this dimension': reshape(-2) is reshape(-1)"
+_LIMIT = ("a memory limit of the sampler: it changes how many keys one round draws or which lookup is used, "
+          "not the contract (distinct, uniform, balanced, deterministic per seed; both paths are tested)")
+_PM1 = "labels are +1 or -1, never 0"
+_COPY = "whether astype copies is invisible: the arrays are not written to"
+_PATH = ("chooses between the enumerating and the drawing path (or the mask and the sorted path) at a "
+         "boundary; both give distinct, uniform, balanced pairs (both are tested)")
+_LOOKUP = ("moves a boundary between the lookup-table and the binary-search membership test; both give the "
+           "same answer there (both are tested)")
+_WIDTH = ("a wider key space (or a different floor for an empty one) keeps lo * width + hi one-to-one "
+          "on the pairs")
+_GPU = "the GPU branch: not observable on the CPU-only machines the tests run on"
+_DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
+          "(and which equally valid uniform sample a seed gives)")
+EQUIVALENT = {
+    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
+    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
+    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 1 << 28"): _LIMIT,
+    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 2 << 27"): _LIMIT,
+    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 1 << 25"): _LIMIT,
+    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 2 << 24"): _LIMIT,
+    ("virality/metrics.py", "return max(0.0, centre - half), min(1.0, centre + half)",
+     "return max(0.0, centre - half), min(2.0, centre + half)"):
+        "the Wilson upper bound never exceeds 1 by more than a rounding error; the clamp only removes that",
+    ("virality/metrics.py", "predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)",
+     "predicted = np.asarray(predicted, dtype=np.float64).reshape(-2)"): _RESHAPE,
+    ("virality/metrics.py", "actual = np.asarray(actual, dtype=np.float64).reshape(-1)",
+     "actual = np.asarray(actual, dtype=np.float64).reshape(-2)"): _RESHAPE,
+    ("virality/ranking.py", "y = np.asarray(y, dtype=np.float64).reshape(-1)",
+     "y = np.asarray(y, dtype=np.float64).reshape(-2)"): _RESHAPE,
+    ("virality/ranking.py", "f1 = np.asarray(f1, dtype=np.float64).reshape(-1)",
+     "f1 = np.asarray(f1, dtype=np.float64).reshape(-2)"): _RESHAPE,
+    ("virality/ranking.py", "f2 = np.asarray(f2, dtype=np.float64).reshape(-1)",
+     "f2 = np.asarray(f2, dtype=np.float64).reshape(-2)"): _RESHAPE,
+    ("virality/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 and label != 1.0:"):
+        "only decides when check_labels runs (a fast path); check_labels raises iff some label is bad, "
+        "and it still runs for every label that is not +1",
+    ("virality/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 or label != -1.0:"):
+        "check_labels then runs for every pair (slower, same result: it raises iff some label is bad)",
+    ("virality/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
+     "right += 0.5 if d == 0.0 else float(d * label >= 0.0)   # as pairwise_accuracy"):
+        "labels are +-1, so d * label == 0 only when d == 0, which the first branch takes",
+    ("virality/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
+     "right += 0.5 if d == 0.0 else float(d / label > 0.0)   # as pairwise_accuracy"):
+        "labels are +-1: d / label == d * label",
+    ("virality/ranking.py", "agree = np.sign(f1 - f2) * y", "agree = np.sign(f1 - f2) / y"):
+        "labels are checked to be +-1 just before: sign / y == sign * y",
+    ("virality/ranking.py", "return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))",
+     "return float(np.mean(np.where(agree == 0, 0.5, agree >= 0)))"):
+        "agree == 0 is taken by the first branch of np.where",
+    ("virality/pairs.py", "y = np.where(rng.integers(0, 2, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)",
+     "y = np.where(rng.integers(0, 3, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)"):
+        "any i.i.d. coins give an exchangeable vector; flipping a random subset of the surplus then makes it "
+        "uniform over balanced label vectors all the same",
+    ("virality/pairs.py", "surplus = int((y > 0).sum()) - n_pos", "surplus = int((y >= 0).sum()) - n_pos"): _PM1,
+    ("virality/pairs.py", "sign = 1 if surplus > 0 else -1", "sign = 1 if surplus >= 0 else -1"):
+        "inside `if surplus:`, so surplus is never 0",
+    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+     "if max(viral.max(initial=0), nonviral.max(initial=1)) > top:"): "the initial value only matters for empty arrays",
+    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+     "if max(viral.max(initial=1), nonviral.max(initial=0)) > top:"): "the initial value only matters for empty arrays",
+    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+     "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=True)"): _COPY,
+    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+     "viral, nonviral = viral.astype(np.int32, copy=True), nonviral.astype(np.int32, copy=False)"): _COPY,
+    ("virality/pairs.py", "first = y > 0", "first = y >= 0"): _PM1,
+    ("virality/pairs.py", "if 2 * n > available:", "if 2 * n >= available:"): _PATH,
+    ("virality/pairs.py", "if 2 * n > available:", "if 2 / n > available:"): _PATH,
+    ("virality/pairs.py",
+     "drop = _sample_keys(rng, space, excluded, available - n) if available > n else np.empty(0, np.int64)",
+     "drop = _sample_keys(rng, space, excluded, available - n) if available >= n else np.empty(0, np.int64)"):
+        "at available == n both branches drop nothing",
+    ("virality/pairs.py", "if space <= MASK_LIMIT:", "if space < MASK_LIMIT:"): _PATH,
+    ("virality/pairs.py", "mask[excluded] = 2", "mask[excluded] = 3"):
+        "the mask only asks 'free (0)?' and 'drawn (1)?'; any other mark for excluded keys reads the same",
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space * np.log(free * max(free - need, 0.5))'): _DRAWS,
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space * np.log(free / max(free - need, 1.5))'): _DRAWS,
+    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+     'expect = space / np.log(free / max(free - need, 0.5))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect * 1.03 + 1025))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect * 2.0300000000000002 + 1024))'): _DRAWS,
+    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+     'return int(min(CHUNK, expect / 1.03 + 1024))'): _DRAWS,
+    ("virality/pairs.py", 'while have < n:',
+     'while have <= n:'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have, n - have),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
+    ("virality/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
+        "an empty array of test pairs: its column count is never read",
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 1 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 0 and hi <= TABLE_LIMIT:"): _LOOKUP,
+    ("virality/pairs.py", "table = np.zeros(int(hi) + 1, dtype=bool)", "table = np.zeros(int(hi) + 2, dtype=bool)"):
+        "a lookup table one entry longer than needed answers the same",
+    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+     "if tp.size == 0 and viral.size == 0 and (nonviral.size == 0):"):
+        "with an empty pool no test pair is in both pools, so the keys come out empty either way",
+    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+     "if tp.size == 1 or viral.size == 0 or nonviral.size == 0:"): "test_pairs is (M, 3): its size is never 1",
+    ("virality/pairs.py", "ok = thi < width", "ok = thi <= width"):
+        "a test key lo * width + width equals (lo + 1) * width + 0, which no training pair has (lo < hi)",
+    ("virality/pairs.py", 'while have.size < n:',
+     'while have.size <= n:'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have.size, n - have.size),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have.size, n - have.size),'): _DRAWS,
+    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+     'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n + have.size),'): _DRAWS,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=0), 0)) + 2'): _WIDTH,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=0), 1)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+     'width = int(max(hi.max(initial=1), 0)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+     'width = int(hi.max(initial=0)) + 2'): _WIDTH,
+    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+     'width = int(hi.max(initial=1)) + 1'): _WIDTH,
+    ("virality/pairs.py", 'winner = np.where(p[:, 2] > 0, p[:, 0], p[:, 1])',
+     'winner = np.where(p[:, 2] >= 0, p[:, 0], p[:, 1])'): _PM1,
+    ("virality/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
+     'loser = np.where(p[:, 2] >= 0, p[:, 1], p[:, 0])'): _PM1,
+    ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
+    ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
+    ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
+     "caffe.set_random_seed(cfg.seed * 1000004 + it)"):
+        "any one-to-one map of (seed, iteration) to Caffe's seed gives the same exact resume; the constant is ours",
+}
+
+
+@dataclass
+class Mutant:
+    module: str
+    line: int           # 1-based
+    before: str         # the line as it was (stripped)
+    after: str          # the line as mutated (stripped)
+    kind: str
+    status: str = ""    # caught, survived, timeout, equivalent, error
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ generating mutants
+
+_SWAP_OPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+             ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd}
+_SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+             ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+
+
+def _docstring_nodes(tree):
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def _variants(node):
+    """(kind, replacement node) for each one-node change of ``node``."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _SWAP_OPS:
+        yield "operator", ast.BinOp(node.left, _SWAP_OPS[type(node.op)](), node.right)
+    elif isinstance(node, ast.AugAssign) and type(node.op) in _SWAP_OPS:
+        yield "operator", ast.AugAssign(node.target, _SWAP_OPS[type(node.op)](), node.value)
+    elif isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in _SWAP_CMP:
+                ops = list(node.ops)
+                ops[i] = _SWAP_CMP[type(op)]()
+                yield "comparison", ast.Compare(node.left, ops, node.comparators)
+    elif isinstance(node, ast.BoolOp):
+        yield "boolean", ast.BoolOp(ast.Or() if isinstance(node.op, ast.And) else ast.And(), node.values)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
+        yield "unary", node.operand
+    elif isinstance(node, ast.Constant) and type(node.value) in (bool, int, float):
+        value = node.value
+        new = (not value) if isinstance(value, bool) else value + 1
+        yield "constant", ast.Constant(new)
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        yield "statement", ast.Pass()
+
+
+def _segment(lines, node):
+    """(line index, start col, end col) of a node that sits on one line, else None."""
+    if not hasattr(node, "lineno") or node.lineno != getattr(node, "end_lineno", None):
+        return None
+    return node.lineno - 1, node.col_offset, node.end_col_offset
+
+
+def generate(module, source):
+    """Every one-line mutant of ``source``: list of (Mutant, mutated source)."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    skip = _docstring_nodes(tree)
+    out, seen = [], set()
+    for node in ast.walk(tree):
+        if id(node) in skip or isinstance(node, ast.JoinedStr):
+            continue
+        seg = _segment(lines, node)
+        if seg is None:
+            continue
+        row, start, end = seg
+        line = lines[row]
+        if "no mutate" in line:
+            continue
+        for kind, replacement in _variants(node):
+            new_line = line[:start] + ast.unparse(replacement) + line[end:]
+            if new_line == line or (row, new_line) in seen:
+                continue
+            mutated = "".join(lines[:row] + [new_line] + lines[row + 1:])
+            try:
+                if ast.dump(ast.parse(mutated)) == ast.dump(tree):
+                    continue
+            except SyntaxError:
+                continue
+            seen.add((row, new_line))
+            out.append((Mutant(module, row + 1, line.strip(), new_line.strip(), kind), mutated))
+    out.sort(key=lambda m: (m[0].line, m[0].after))
+    return out
+
+
+# ------------------------------------------------------------------ running them
+
+def _tracked_files():
+    res = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return [p for p in res.stdout.splitlines() if (ROOT / p).is_file()]
+
+
+def _shadow_venv(copy):
+    """copy/.venv: the work tree's venv by symlinks, except bin/caffe, whose wrapper names the copy
+    (it puts the project root first on PYTHONPATH, so Caffe's CLI imports the mutated layers)."""
+    real = Path(os.path.realpath(ROOT / ".venv"))
+    venv = copy / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    for entry in real.iterdir():
+        if entry.name != "bin":
+            os.symlink(entry, venv / entry.name)
+    for entry in (real / "bin").iterdir():
+        if entry.name == "caffe":
+            (venv / "bin/caffe").write_text(entry.read_text().replace(str(ROOT), str(copy)))
+            (venv / "bin/caffe").chmod(0o755)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), venv / "bin" / entry.name)
+        else:
+            os.symlink(entry, venv / "bin" / entry.name)
+
+
+def make_copy(base):
+    """A private copy of the work tree (tracked and untracked files), sharing the venv and the engine."""
+    for rel in _tracked_files():
+        dst = base / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst)
+    os.symlink(os.path.realpath(ROOT / ".engine"), base / ".engine")
+    _shadow_venv(base)
+    return base
+
+
+def run_tests(copy, args, timeout):
+    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH)."""
+    env = dict(os.environ, PYTHONPATH=str(copy), GLOG_minloglevel="2", PYTHONDONTWRITEBYTECODE="1")
+    cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+           f"--basetemp={copy}/.pytest_tmp", *args]
+    start = time.time()
+    try:
+        res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.time() - start
+    # 0 passed; 4 usage error and 5 no tests selected are errors of TARGETS; anything else (1 failed,
+    # 2 interrupted, 3 internal error, < 0 Caffe aborted or crashed) means the tests noticed.
+    status = {0: "survived", 4: "error", 5: "error"}.get(res.returncode, "caught")
+    return status, time.time() - start
+
+
+def _worker(copy, jobs, results, timeouts, progress, partial):
+    while True:
+        try:
+            mutant, mutated = jobs.get_nowait()
+        except queue.Empty:
+            return
+        path = copy / mutant.module
+        original = path.read_text()
+        try:
+            path.write_text(mutated)
+            mutant.status, mutant.seconds = run_tests(copy, TARGETS[mutant.module], timeouts[mutant.module])
+        finally:
+            path.write_text(original)
+        results.append(mutant)
+        progress(mutant)
+        partial(results)
+
+
+def score_table(mutants, modules):
+    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for module in modules:
+        ms = [m for m in mutants if m.module == module]
+        caught = sum(m.status in ("caught", "timeout") for m in ms)
+        survived = sum(m.status in ("survived", "error") for m in ms)
+        equivalent = sum(m.status == "equivalent" for m in ms)
+        score = f"{100 * caught / (caught + survived):.1f}%" if caught + survived else "n/a"
+        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} |")
+    return "\n".join(rows)
+
+
+def write_docs(table, seconds, jobs):
+    doc = ROOT / "docs/TESTING.md"
+    text = doc.read_text()
+    start, end = "<!-- mutants:begin -->", "<!-- mutants:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"mutants: {doc} lacks the markers {start} / {end}")
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    body = (f"{start}\n{table}\n\nMeasured {stamp} by `make mutants` ({jobs} worker(s), "
+            f"{seconds / 60:.1f} min wall time).\n{end}")
+    head, rest = text.split(start, 1)
+    write_text_atomic(doc, head + body + rest.split(end, 1)[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modules", nargs="+", default=list(TARGETS), choices=list(TARGETS), metavar="MODULE",
+                   help="modules to mutate (default: all of TARGETS)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel workers, each with its own copy (default 1)")
+    p.add_argument("--list", nargs="?", const="all", metavar="MODULE", help="print the mutants and stop")
+    p.add_argument("--out", type=Path, default=ROOT / "mutants", help="report directory (default mutants/)")
+    p.add_argument("--write-docs", action="store_true", help="update the score table in docs/TESTING.md")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="run a seeded random sample of N mutants per module (the report says so)")
+    p.add_argument("--retry", type=Path, metavar="REPORT_JSON",
+                   help="run again only what an earlier run did not catch (and new mutants); keep its catches")
+    p.add_argument("--rescore", type=Path, metavar="REPORT_JSON",
+                   help="recompute the report of an earlier run with the current EQUIVALENT list; run nothing")
+    args = p.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: the copies are removed and the running pytest is killed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if args.rescore:
+        results = [Mutant(**m) for m in json.loads(args.rescore.read_text())]
+        for m in results:
+            if (m.module, m.before, m.after) in EQUIVALENT:
+                m.status = "equivalent"
+        modules = list(dict.fromkeys(m.module for m in results))
+        write_report(results, modules, args.out, seconds=None, jobs=None, note=f"rescored from {args.rescore}")
+        return 0
+
+    modules = args.modules if args.list in (None, "all") else [args.list]
+    generated = {m: generate(m, (ROOT / m).read_text()) for m in modules}
+    sampled = {}
+    if args.sample:
+        for m in modules:
+            if len(generated[m]) > args.sample:
+                sampled[m] = len(generated[m])
+                generated[m] = sorted(random.Random(f"{m}:{args.sample}").sample(generated[m], args.sample),
+                                      key=lambda g: g[0].line)
+    if args.list:
+        for m in modules:
+            for mutant, _ in generated[m]:
+                print(f"{m}:{mutant.line} [{mutant.kind}] {mutant.before}  ->  {mutant.after}")
+        return 0
+    print(f"mutants: {sum(len(g) for g in generated.values())} mutants in {len(modules)} modules, "
+          f"{args.jobs} worker(s); tests per module: TARGETS in {Path(__file__).name}", flush=True)
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="virality-mutants-") as tmp:
+        copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
+        timeouts = {}
+        for m in modules:          # the unmutated tests must pass; their time sets the timeout
+            status, seconds = run_tests(copies[0], TARGETS[m], timeout=1800)
+            if status != "survived":
+                print(f"mutants: the tests of {m} fail without any mutant ({' '.join(TARGETS[m])}); fix them first",
+                      file=sys.stderr)
+                return 2
+            timeouts[m] = max(60.0, 3 * seconds)
+            print(f"  baseline {m}: {seconds:.1f} s", flush=True)
+        jobs, results = queue.Queue(), []
+        earlier = {}
+        if args.retry:
+            earlier = {(m["module"], m["before"], m["after"]): m for m in json.loads(args.retry.read_text())}
+        for m in modules:
+            for mutant, mutated in generated[m]:
+                key = (mutant.module, mutant.before, mutant.after)
+                if key in EQUIVALENT:
+                    mutant.status = "equivalent"
+                    results.append(mutant)
+                elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
+                    mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
+                    results.append(mutant)
+                else:
+                    jobs.put((mutant, mutated))
+        total, lock, already = jobs.qsize(), threading.Lock(), len(results)
+
+        def progress(mutant):
+            with lock:
+                done = len(results) - already
+                if mutant.status in ("survived", "error"):
+                    print(f"  [{done}/{total}] SURVIVED {mutant.module}:{mutant.line} {mutant.before!r} -> "
+                          f"{mutant.after!r}", flush=True)
+                elif done % 25 == 0:
+                    print(f"  [{done}/{total}] {time.time() - start:.0f} s", flush=True)
+
+        def partial(done):     # results so far, so that an interrupted run still leaves them
+            with lock:
+                write_text_atomic(args.out / "partial.json", json.dumps([asdict(m) for m in done], indent=1))
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress, partial))
+                   for c in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    seconds = time.time() - start
+    note = ("sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())) if sampled else ""
+    table = write_report(results, modules, args.out, seconds, args.jobs, note)
+    if args.write_docs:
+        write_docs(table, seconds, args.jobs)
+        print("mutants: docs/TESTING.md updated")
+    return 0
+
+
+def write_report(results, modules, out, seconds, jobs, note=""):
+    results.sort(key=lambda m: (modules.index(m.module), m.line, m.after))
+    table = score_table(results, modules)
+    when = time.strftime('%Y-%m-%d %H:%M', time.gmtime())
+    took = f", {seconds / 60:.1f} min, {jobs} worker(s)" if seconds is not None else ""
+    lines = [f"# Mutation testing ({when} UTC{took})", "", *([note, ""] if note else []), table, "",
+             "## Survivors", ""]
+    lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}` ({m.status})" for m in results
+              if m.status in ("survived", "error")] or ["none"]
+    lines += ["", "## Equivalent (excluded)", ""]
+    lines += [f"- {m.module}:{m.line} `{m.before}` -> `{m.after}`: "
+              f"{EQUIVALENT[(m.module, m.before, m.after)]}" for m in results if m.status == "equivalent"] or ["none"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+    write_text_atomic(out / "report.json", json.dumps([asdict(m) for m in results], indent=1))
+    print(table)
+    if note:
+        print(note)
+    print(f"mutants: report {out / 'report.md'}" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
+    return table
+
+
+if __name__ == "__main__":
+    sys.exit(main())
