@@ -26,4 +26,14 @@ worker train --model alexnet_pvcnn --pairs 64 --iters 20 --warmup 3 --gemm 0
 worker train --model alexnet_pvcnn --pairs 16 --iters 20 --warmup 3 --gemm 0
 worker infer --model alexnet_pvcnn --batch 256 --iters 20 --warmup 3
 worker train --model vgg19_pvcnn --pairs 8 --iters 10 --warmup 2 --gemm 0
+# The pair-index feed against the measured step: thread vs worker processes (docs/GPU.md).
+.venv/bin/python bench/feed_workers.py --pairs 64 --crop 227 --step-ms 0 81 --workers 1 2 4 --iters 20 | tail -1
+# One GPU through the NCCL path of tools/train.py --gpus (needs an engine built with USE_NCCL).
+if .venv/bin/python -c "import sys; from virality.multigpu import engine_has_nccl; sys.exit(not engine_has_nccl())"; then
+    make -s data DATASET=synthetic
+    timeout 120 .venv/bin/python tools/train.py --model tiny_pvcnn --gpus 0 --max-iter 50 --out "$CAFFE_CACHE_DIR/nccl-run" \
+        | grep -E "effective batch|done" || echo "gpu.sh: the 1-GPU NCCL run FAILED"
+else
+    echo "gpu.sh: engine built without NCCL: the --gpus run is not measured"
+fi
 echo "gpu.sh: done in $(( $(date +%s) - start )) s"

@@ -20,6 +20,7 @@ import caffe
 from virality.imagestore import StoreError
 from virality.layer_params import REQUIRED, LayerConfigError, parse_param_str
 from virality.pair_batches import ImageSource, PairBatcher, PairDataError, Prefetcher, load_pairs
+from virality.pair_workers import WorkerFeed
 
 LAYER = "PairIndexData (python_layers.pair_data)"
 
@@ -36,7 +37,7 @@ def seek_all(batch_index):
 
 
 def close_all():
-    """Stop every live feed's prefetch thread (before a solver is replaced)."""
+    """Stop every live feed's prefetch thread or worker processes (before a solver is replaced)."""
     for feed in list(_LIVE):
         feed.prefetcher.close()
 
@@ -54,9 +55,16 @@ class PairIndexData(caffe.Layer):
       mirror      (bool, default false): random horizontal flips, each image on its own.
       shuffle     (bool, default false): reshuffle the pairs every epoch (seeded).
       seed        (int, default 1701): seeds the shuffle and the augmentation.
-      prefetch    (int, default 3): batches prepared ahead in the background thread.
+      prefetch    (int, default 3): batches prepared ahead (by the thread or the workers).
+      workers     (int, default 0): 0 assembles batches in one background thread (under the GIL, so
+                  ~serial with the step; right on CPU, where the step already uses every core);
+                  N >= 1 in N worker processes through shared memory, overlapping the step (for GPU
+                  training: 2-4; docs/GPU.md). Same batches either way.
       cache_mb    (int, default 1024): decode the whole store into memory when it fits.
     Crops are random in the TRAIN phase and central in TEST; TEST order is the file order.
+    Under multi-GPU training (caffe.solver_count() > 1, tools/train.py --gpus) the TRAIN feed of
+    solver rank r reads share r of every global batch of solver_count x batch_size pairs, as Caffe's
+    own DataLayer reads Caffe::solver_rank(); TEST feeds are not sharded (rank 0 validates).
     """
 
     SCHEMA = {
@@ -70,6 +78,7 @@ class PairIndexData(caffe.Layer):
         "shuffle": (False, bool),
         "seed": (1701, int),
         "prefetch": (3, int),
+        "workers": (0, int),
         "cache_mb": (1024, int),
     }
 
@@ -85,20 +94,23 @@ class PairIndexData(caffe.Layer):
         for name in ("batch_size", "crop_size", "prefetch"):
             if params[name] < 1:
                 raise LayerConfigError(f"{LAYER}: param_str key '{name}' must be >= 1, got {params[name]}")
+        if params["workers"] < 0:
+            raise LayerConfigError(f"{LAYER}: param_str key 'workers' must be >= 0, got {params['workers']}")
         try:
             pairs = load_pairs(params["pairs"])
             self.source = ImageSource(params["image_store"], cache_mb=params["cache_mb"])
             self.source.check_ids(pairs[:, :2].reshape(-1), f"pair file {params['pairs']}")
             self.train = train = self.phase == caffe.TRAIN
+            world, rank = (caffe.solver_count(), caffe.solver_rank()) if train else (1, 0)
             self.batcher = PairBatcher(pairs, self.source, params["batch_size"], params["crop_size"],
                                        mean=mean, scale=params["scale"], mirror=params["mirror"], random_crop=train,
-                                       shuffle=params["shuffle"], seed=params["seed"])
+                                       shuffle=params["shuffle"], seed=params["seed"], rank=rank, world=world)
         except (PairDataError, StoreError) as err:
             raise LayerConfigError(f"{LAYER}: {err}") from None
         self.shapes = [(params["batch_size"], 3, params["crop_size"], params["crop_size"])] * 2 \
             + [(params["batch_size"],)]
-        self.pairs_path, self.depth = params["pairs"], params["prefetch"]
-        self.prefetcher = Prefetcher(self.batcher.next_batch, depth=self.depth)
+        self.pairs_path, self.depth, self.workers = params["pairs"], params["prefetch"], params["workers"]
+        self.prefetcher = self._start_feed()
         _LIVE.add(self)
         for i, shape in enumerate(self.shapes):   # top is a C++ vector: index it, do not iterate
             top[i].reshape(*shape)
@@ -107,7 +119,12 @@ class PairIndexData(caffe.Layer):
         """Continue with batch ``batch_index`` (counted from the start of training)."""
         self.prefetcher.close()
         self.batcher.seek(batch_index, load_pairs(self.pairs_path))
-        self.prefetcher = Prefetcher(self.batcher.next_batch, depth=self.depth)
+        self.prefetcher = self._start_feed()
+
+    def _start_feed(self):
+        if self.workers:
+            return WorkerFeed(self.batcher, workers=self.workers, depth=self.depth)
+        return Prefetcher(self.batcher.next_batch, depth=self.depth)
 
     def reshape(self, bottom, top):
         for i, shape in enumerate(self.shapes):   # top is a C++ vector: index it, do not iterate

@@ -34,6 +34,10 @@ class RankingLoss(caffe.Layer):
 
     Gradients are scaled by top[0].diff (loss_weight) and written only to the
     bottoms whose propagate_down is set; the label's diff is never written.
+    Data-parallel training (caffe.solver_count() = N > 1, tools/train.py --gpus): Caffe's NCCL
+    averages the N solvers' gradients, which is right for a mean but not for Eq. 1's sum over
+    the batch; with normalize false the TRAIN-phase gradients are multiplied by N, so N solvers
+    of batch B follow exactly the gradient of one solver with batch N x B (docs/GPU.md).
     """
 
     SCHEMA = {
@@ -50,6 +54,7 @@ class RankingLoss(caffe.Layer):
         except ValueError as err:
             raise LayerConfigError(f"{LAYER}: {err}") from None
         self._shapes = None   # the bottom shapes reshape last checked
+        self._solvers = caffe.solver_count() if self.phase == caffe.TRAIN and not params["normalize"] else 1
         if len(bottom) != 3:
             raise LayerConfigError(f"{LAYER}: needs 3 bottoms (f1, f2, y), got {len(bottom)}")
         if len(top) not in (1, 2):
@@ -84,7 +89,7 @@ class RankingLoss(caffe.Layer):
             top[1].data[...] = self._result.accuracy
 
     def backward(self, top, propagate_down, bottom):
-        scale = float(top[0].diff.flat[0])       # the loss weight
+        scale = float(top[0].diff.flat[0]) * self._solvers   # the loss weight; x N: NCCL averages the N solvers
         grads = (self._result.grad_f1, self._result.grad_f2)
         for i in (0, 1):
             if propagate_down[i]:

@@ -5,13 +5,14 @@
     .venv/bin/python tools/train.py --model alexnet_pvcnn --weights models/pretrained/bvlc_alexnet.caffemodel \
         --gpu 0 --lr-drops plateau
     .venv/bin/python tools/train.py --model tiny_pvcnn --resume models/tiny_pvcnn/tiny_pvcnn_iter_500.solverstate
+    .venv/bin/python tools/train.py --model alexnet_pvcnn --gpus 0,1,2,3 ...   # data-parallel, NCCL (docs/GPU.md)
 
 Validation (the solver's test net) reads the setting's D_val, never D_test (docs/PROTOCOL.md).
 Writes under --out (default models/<model>/): snapshots, train_log.csv, train_curves.png,
 solver.effective.prototxt, run.json (setting, weights, from_scratch). An alexnet/vgg19 model
 without --weights refuses to start unless --from-scratch. Exit status 3 when the loss became
-non-finite; 4 when a snapshot could not be written (disk full, read-only); 130 / 143 after
-Ctrl-C (SIGINT) / SIGTERM, which stop training after the current iteration, write a snapshot
+non-finite; 4 when a snapshot could not be written (disk full, read-only); 5 when a solver
+rank of --gpus failed; 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which stop training after the current iteration, write a snapshot
 there and print the command that resumes (docs/FAILURES.md).
 """
 import argparse
@@ -31,6 +32,9 @@ def parse_args(argv):
                    help="caffemodel(s) to initialise from (repeatable)")
     p.add_argument("--resume", type=Path, help="a .solverstate to continue from")
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
+    p.add_argument("--gpus", help="data-parallel training on these GPUs, e.g. 0,1: one solver process per GPU "
+                                  "through Caffe's NCCL; each reads its share of every batch, so the effective "
+                                  "batch is (number of GPUs) x the net's batch_size (docs/GPU.md)")
     p.add_argument("--lr-drops", choices=["steps", "plateau"], default="steps",
                    help="steps: the solver's three fixed drops; plateau: drop x0.1 (at most 3 times) when "
                         "validation accuracy stops improving (the paper's wording, Sec. 3)")
@@ -98,6 +102,23 @@ def main(argv=None):
     from virality.outputs import OutputLocked
     from virality.snapshots import SnapshotError
     from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
+    from virality.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
+
+    gpus = None
+    if args.gpus is not None:
+        try:
+            gpus = parse_gpus(args.gpus)
+        except MultiGpuError as err:
+            print(f"train: error: {err}", file=sys.stderr)
+            return 2
+        if args.gpu is not None:
+            print("train: error: give --gpu or --gpus, not both", file=sys.stderr)
+            return 2
+        if not engine_has_nccl():
+            print("train: error: --gpus needs an engine built with NCCL: `make caffe CUDA=1` "
+                  "(USE_NCCL=1 is its default; docs/GPU.md)", file=sys.stderr)
+            return 2
+        args.gpu = gpus[0]
 
     config = TrainConfig(solver_path=solver, out_dir=out, workdir=workdir,
                          weights=[w.resolve() for w in args.weights],
@@ -107,7 +128,10 @@ def main(argv=None):
     print(f"train: model={args.model} config={config}")
     status = 0
     try:
-        Trainer(config).run()
+        trainer = Trainer(config)
+        if gpus:
+            trainer.parallel = Leader(config, gpus)
+        trainer.run()
     except NonFiniteLoss as err:
         print(f"train: error: {err}", file=sys.stderr)
         status = 3
@@ -115,6 +139,9 @@ def main(argv=None):
         print(f"train: stopped by {signal.Signals(err.signum).name} after iteration {err.iteration}; "
               f"snapshot {err.snapshot}\ntrain: resume with: {resume_command(argv, err.snapshot)}", file=sys.stderr)
         status = 128 + err.signum
+    except MultiGpuError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        status = 5
     except (DiskError, SnapshotError, OutputLocked) as err:
         print(f"train: error: {err}", file=sys.stderr)
         status = 4

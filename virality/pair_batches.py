@@ -91,14 +91,26 @@ class ImageSource:
     def close(self):
         self.store.close()
 
+    def after_fork(self):
+        """A source for a forked worker process: LMDB handles must not be used across fork().
+
+        In memory, the decoded images are shared copy-on-write and the store is not touched;
+        otherwise the worker opens the store itself.
+        """
+        if self.in_memory:
+            return self
+        return ImageSource(self.path, cache_mb=0)
+
 
 class PairBatcher:
     """Produces (data, data_p, label) batches: float32 (B, 3, C, C) twice and float32 (B,)."""
 
     def __init__(self, pairs, source, batch_size, crop_size, mean=(0.0, 0.0, 0.0), scale=1.0, mirror=False,
-                 random_crop=False, shuffle=False, seed=1701):
+                 random_crop=False, shuffle=False, seed=1701, rank=0, world=1):
         if batch_size < 1:
             raise PairDataError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world:
+            raise PairDataError(f"rank {rank} must be in [0, {world}) (the number of solvers)")
         if not 1 <= crop_size <= source.size:
             raise PairDataError(f"crop_size {crop_size} must be in [1, {source.size}] (the image store's size)")
         if len(mean) != 3:
@@ -109,6 +121,11 @@ class PairBatcher:
         self.mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.scale = np.float32(scale)
         self.mirror, self.random_crop, self.shuffle, self.seed = mirror, random_crop, shuffle, seed
+        # Data-parallel sharding (docs/GPU.md): each of ``world`` solvers reads its own disjoint share of every
+        # global batch of world x batch_size rows, and draws the augmentation of the whole global batch, so the
+        # ranks together see exactly what one solver with the global batch would.
+        self.rank, self.world = int(rank), int(world)
+        self.global_batch = self.batch_size * self.world
         self.epoch, self.cursor, self.batch_index = 0, 0, 0
         if shuffle:
             self._shuffle()
@@ -124,7 +141,7 @@ class PairBatcher:
         if batch_index < 0:
             raise PairDataError(f"cannot seek to batch {batch_index}")
         self.pairs[...] = original_pairs
-        consumed = batch_index * self.batch_size
+        consumed = batch_index * self.global_batch
         target_epoch, self.cursor = divmod(consumed, len(self.pairs))
         if self.shuffle:
             for self.epoch in range(target_epoch + 1):
@@ -139,8 +156,12 @@ class PairBatcher:
         np.random.default_rng([self.seed, 0, self.epoch]).shuffle(rows)
 
     def next_rows(self):
-        """The next batch_size rows of the pair array (wrapping, reshuffling at each new epoch)."""
-        parts, need, n = [], self.batch_size, len(self.pairs)
+        """This rank's batch_size rows of the next global batch (wrapping, reshuffling at each new epoch)."""
+        rows = self._next_global_rows()
+        return rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].copy() if self.world > 1 else rows
+
+    def _next_global_rows(self):
+        parts, need, n = [], self.global_batch, len(self.pairs)
         while need:
             take = min(need, n - self.cursor)
             parts.append(self.pairs[self.cursor:self.cursor + take].copy())
@@ -154,25 +175,44 @@ class PairBatcher:
 
     def next_batch(self):
         rows = self.next_rows()
-        aug_rng = np.random.default_rng([self.seed, 1, self.batch_index])   # a function of the batch index
         self.batch_index += 1
+        return self.assemble(rows, self.batch_index - 1)
+
+    def out_shapes(self):
+        """Shapes of (data, data_p, label), all float32."""
+        b, c = self.batch_size, self.crop
+        return (b, 3, c, c), (b, 3, c, c), (b,)
+
+    def assemble(self, rows, batch_index, out=None):
+        """The batch of ``rows`` (from next_rows) as batch ``batch_index``; into ``out`` arrays when given.
+
+        A pure function of (rows, batch_index) and the configuration, so worker processes
+        (virality/pair_workers.py) assemble batches in any order with the same result.
+        """
+        aug_rng = np.random.default_rng([self.seed, 1, batch_index])   # a function of the batch index
         b, c, s = len(rows), self.crop, self.source.size
+        g, lo = b * self.world, 2 * b * self.rank          # this rank's images within the global batch
         ids = rows[:, :2].reshape(-1)                      # I1, I2, I1, I2, ...
         images, index = self.source.fetch(ids)
         if self.random_crop:
-            offsets = aug_rng.integers(0, s - c + 1, size=(2 * b, 2))
+            offsets = aug_rng.integers(0, s - c + 1, size=(2 * g, 2))[lo:lo + 2 * b]
         else:
             offsets = np.full((2 * b, 2), (s - c) // 2)
-        flips = aug_rng.random(2 * b) < 0.5 if self.mirror else np.zeros(2 * b, bool)
+        flips = (aug_rng.random(2 * g) < 0.5)[lo:lo + 2 * b] if self.mirror else np.zeros(2 * b, bool)
         crops = np.empty((2, b, 3, c, c), np.uint8)       # [0] = I1 crops, [1] = I2 crops
         for j in range(2 * b):
             y, x = offsets[j]
             patch = images[index[j], :, y:y + c, x:x + c]
             crops[j % 2, j // 2] = patch[:, :, ::-1] if flips[j] else patch
-        out = np.subtract(crops, self.mean, dtype=np.float32)
-        if self.scale != 1:
-            out *= self.scale
-        return out[0], out[1], rows[:, 2].astype(np.float32)
+        if out is None:
+            out = (np.empty((b, 3, c, c), np.float32), np.empty((b, 3, c, c), np.float32), np.empty(b, np.float32))
+        for k in range(2):
+            dest = out[k]
+            np.subtract(crops[k], self.mean, out=dest, dtype=np.float32)
+            if self.scale != 1:
+                dest *= self.scale
+        out[2][...] = rows[:, 2]
+        return out
 
 
 class _Failure:

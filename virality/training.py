@@ -296,6 +296,8 @@ class Trainer:
         self.net_param = read_net_param(net_path)
         self.num_test = count_test_records(self.net_param, config.workdir)
         check_data_sources(self.net_param, config.workdir)
+        #: data-parallel training: the leader of virality.multigpu (None: one solver)
+        self.parallel = None
 
     # -- solver construction ------------------------------------------------------------
     def _solver_param(self, drops):
@@ -317,6 +319,8 @@ class Trainer:
         solver = caffe.get_solver(str(path))
         if restore:
             solver.restore(str(restore))
+        if self.parallel is not None:      # the other ranks build the same solver; weights broadcast
+            self.parallel.attach(solver, path, restore)
         return solver
 
     def current_lr(self, solver):
@@ -355,6 +359,8 @@ class Trainer:
             caffe.set_mode_gpu()
         else:
             caffe.set_mode_cpu()
+        if self.parallel is not None:
+            self.parallel.join()           # caffe.set_solver_count/rank before any solver exists
         caffe.set_random_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
@@ -370,10 +376,12 @@ class Trainer:
             if driver_state.exists():
                 best, bad, drops = np.load(driver_state)
                 self.dropper.load(dict(best=float(best), bad=int(bad), drops=int(drops)))
+        if cfg.weights and not restore and self.parallel is not None:
+            self.parallel.weights = cfg.weights     # copied before the broadcast to the other ranks
         solver = self._make_solver(self.dropper.drops, restore_from)
         if restore_from is not None and restore_from != restore:
             restore_from.unlink()
-        if cfg.weights and not restore:
+        if cfg.weights and not restore and self.parallel is None:
             for w in cfg.weights:
                 solver.net.copy_from(str(w))
         start = solver.iter
@@ -385,7 +393,7 @@ class Trainer:
                          "Use --feed pair_index nets for exact resume (docs/TRAINING.md).")
         max_iter = self.base.max_iter
         iter_size = max(1, self.base.iter_size)
-        per_iter = pairs_per_iteration(solver.net, iter_size)
+        per_iter = pairs_per_iteration(solver.net, iter_size) * (self.parallel.world if self.parallel else 1)
         csv_log = CsvLog(self.out_dir / "train_log.csv", append=bool(restore))
         self.log(f"train: {max_iter - start} iterations from {start}, {per_iter} records/iteration, "
                  f"validation every {self.val_interval} on {self.num_test} validation (D_val) records, "
@@ -400,6 +408,8 @@ class Trainer:
             while solver.iter < max_iter:
                 it = solver.iter
                 caffe.set_random_seed(cfg.seed * 1000003 + it)
+                if self.parallel is not None:
+                    self.parallel.before_step(it)
                 solver.step(1)
                 loss = float(np.asarray(solver.net.blobs["loss"].data).ravel()[0])
                 if not math.isfinite(loss):
@@ -452,6 +462,8 @@ class Trainer:
             if self.snapshot_iter != solver.iter:
                 last_good = self.snapshot(solver)
         finally:
+            if self.parallel is not None:
+                self.parallel.finish()
             stop.__exit__()
             csv_log.close()
             # Free Caffe (and its Python layers) now, while the interpreter is whole: a solver
