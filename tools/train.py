@@ -89,21 +89,7 @@ def main(argv=None):
     except (RunError, OSError) as err:
         print(f"train: note: {err}", file=sys.stderr)
         dataset = setting = None
-    out.mkdir(parents=True, exist_ok=True)
-    record = write_run_record(out, model=args.model, dataset=dataset, setting=setting, solver=str(solver), weights=[str(w) for w in args.weights],
-                              resume=str(args.resume) if args.resume else None, from_scratch=from_scratch,
-                              command=sys.argv)
-    if from_scratch:
-        print(SCRATCH_BANNER.format(model=args.model, record=record), flush=True)
-    from virality.plots import plot_training_curves, read_csv
-    from virality.files import DiskError, TruncatedFile
-    from virality.imagestore import StoreError
-    from virality.pair_batches import PairDataError
-    from virality.outputs import OutputLocked
-    from virality.snapshots import SnapshotError
-    from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
     from virality.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
-
     gpus = None
     if args.gpus is not None:
         try:
@@ -119,6 +105,19 @@ def main(argv=None):
                   "(USE_NCCL=1 is its default; docs/GPU.md)", file=sys.stderr)
             return 2
         args.gpu = gpus[0]
+    out.mkdir(parents=True, exist_ok=True)
+    record = write_run_record(out, model=args.model, dataset=dataset, setting=setting, solver=str(solver), weights=[str(w) for w in args.weights],
+                              resume=str(args.resume) if args.resume else None, from_scratch=from_scratch,
+                              command=sys.argv)
+    if from_scratch:
+        print(SCRATCH_BANNER.format(model=args.model, record=record), flush=True)
+    from virality.plots import plot_training_curves, read_csv
+    from virality.files import DiskError, TruncatedFile
+    from virality.imagestore import StoreError
+    from virality.pair_batches import PairDataError
+    from virality.outputs import OutputLocked
+    from virality.snapshots import SnapshotError
+    from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
 
     config = TrainConfig(solver_path=solver, out_dir=out, workdir=workdir,
                          weights=[w.resolve() for w in args.weights],
