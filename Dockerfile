@@ -19,7 +19,7 @@ FROM ${BASE}
 
 ARG CUDA=1
 ARG CUDA_ARCH_BIN="52 61"
-ARG BLAS=open
+ARG BLAS=scipy-openblas
 ENV DEBIAN_FRONTEND=noninteractive \
     CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=toolkit USE_CUDNN=0 BLAS=${BLAS} \
     XDG_CACHE_HOME=/opt/cache \

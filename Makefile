@@ -11,7 +11,7 @@ ENGINE      := .engine
 # Engine build settings (engine/build_caffe.sh documents them).
 CUDA          ?= 0
 CUDA_ARCH_BIN ?= 90
-BLAS          ?= open
+BLAS          ?= scipy-openblas
 export CUDA CUDA_ARCH_BIN BLAS
 
 MODEL    ?= tiny_pvcnn

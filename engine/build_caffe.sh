@@ -15,20 +15,25 @@
 #                     Where cuBLAS/cuRAND come from: NVIDIA's PyPI wheels
 #                     (default; our machines have nvcc but no CUDA libraries)
 #                     or the CUDA toolkit itself (a CUDA base image).
-#   BLAS=open|open-openmp|mkl
-#                     BLAS Caffe links: Debian's OpenBLAS as the system selects it
-#                     (open: its pthreads build), Debian's OpenBLAS built with OpenMP
-#                     threads (open-openmp: package libopenblas0-openmp, linked by
-#                     path; the system's choice is left alone), or Intel oneMKL from
-#                     PyPI (mkl: versions pinned in engine/mkl_requirements.txt,
-#                     installed into the cache). See docs/ENGINE.md, section "BLAS".
+#   BLAS=scipy-openblas|open|open-openmp|mkl
+#                     BLAS Caffe links: OpenBLAS from the PyPI wheel scipy-openblas32
+#                     (scipy-openblas, the default: a current OpenBLAS that picks its
+#                     kernels from the CPU's features; pinned by hash in
+#                     engine/openblas_requirements.txt, installed into the cache),
+#                     Debian's OpenBLAS as the system selects it (open: its pthreads
+#                     build), Debian's OpenBLAS built with OpenMP threads (open-openmp:
+#                     package libopenblas0-openmp, linked by path; the system's choice
+#                     is left alone), or Intel oneMKL from PyPI (mkl: versions pinned
+#                     in engine/mkl_requirements.txt, installed into the cache).
+#                     See docs/ENGINE.md, section "BLAS".
 #   JOBS              Parallel compile jobs (default: nproc).
 #   CAFFE_CACHE_DIR   Cache root (default ${XDG_CACHE_HOME:-~/.cache}/virality-caffe).
 #
 # The engine lands in $CAFFE_CACHE_DIR/engine-<key>/ (bin/, lib/, include/,
-# lib/python3/dist-packages/caffe) and is marked complete only after a full
-# install; the --link DIR symlink is switched to it atomically. A second run with
-# the same key does nothing but re-link.
+# lib/python3/dist-packages/caffe, and test/: Caffe's own test binary with the
+# test data it reads, run by tests/test_engine_caffe_suite.py) and is marked
+# complete only after a full install; the --link DIR symlink is switched to it
+# atomically. A second run with the same key does nothing but re-link.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +49,7 @@ while [[ $# -gt 0 ]]; do
         --python) PYTHON="$2"; shift 2 ;;
         --link) LINK="$2"; shift 2 ;;
         --check) CHECK=1; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
         *) echo "build_caffe.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,7 +62,7 @@ CUDA="${CUDA:-0}"
 CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-90}"
 USE_CUDNN="${USE_CUDNN:-0}"
 CUDA_LIBS="${CUDA_LIBS:-wheels}"
-BLAS="${BLAS:-open}"
+BLAS="${BLAS:-scipy-openblas}"
 JOBS="${JOBS:-$(nproc)}"
 CACHE_ROOT="${CAFFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/virality-caffe}"
 
@@ -65,8 +70,8 @@ log() { echo "engine: $*"; }
 die() { echo "engine: error: $*" >&2; exit 1; }
 
 case "$BLAS" in
-    open|open-openmp|mkl) ;;
-    *) die "BLAS='$BLAS' is not supported; use BLAS=open, open-openmp or mkl (see docs/ENGINE.md)" ;;
+    scipy-openblas|open|open-openmp|mkl) ;;
+    *) die "BLAS='$BLAS' is not supported; use BLAS=scipy-openblas (the default), open, open-openmp or mkl (see docs/ENGINE.md)" ;;
 esac
 
 # ---- the cache key: sources, patches, this script, flags, toolchain versions ----
@@ -83,6 +88,7 @@ key="$({
     cat "$HERE"/patches/*.patch
     cat "$HERE/build_caffe.sh" "$HERE/cuda_wheels.txt"
     if [[ "$BLAS" == "mkl" ]]; then cat "$HERE/mkl_requirements.txt"; fi
+    if [[ "$BLAS" == "scipy-openblas" ]]; then cat "$HERE/openblas_requirements.txt"; fi
     echo "CUDA=$CUDA BLAS=$BLAS python/numpy=$py_info cuda=$cuda_info"
     cmake --version | head -1
     g++ --version | head -1
@@ -108,7 +114,7 @@ if [[ -f "$PREFIX/.complete" ]]; then
 fi
 
 log "building Caffe $CAFFE_VERSION (CUDA=$CUDA, BLAS=$BLAS, python/numpy $py_info)"
-log "cache key $key; this takes about 8 minutes on 2 cores (CPU build)"
+log "cache key $key; this takes about 12 minutes on 2 cores (CPU build with Caffe's test binary)"
 mkdir -p "$CACHE_ROOT/downloads"
 
 # ---- fetch and verify the Debian source package ----
@@ -149,8 +155,32 @@ cmake_args=(
     -DPYTHON_EXECUTABLE="$PYTHON"
     -DUSE_LMDB=ON -DUSE_LEVELDB=OFF -DUSE_OPENCV=ON
     -DBUILD_docs=OFF -DBUILD_matlab=OFF -DUSE_NCCL=OFF
+    # Every binary, the test binary too (never installed by `make install`), gets
+    # the installed RUNPATH at link time: the build tree is deleted afterwards.
+    -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
 )
 case "$BLAS" in
+    scipy-openblas)
+        # OpenBLAS from the scipy-openblas32 wheel, pinned by hash, installed once per
+        # pin set. Its library has a name of its own and every symbol the prefix
+        # scipy_ (Caffe maps its calls: engine patch 0006), so the Debian OpenBLAS
+        # that OpenCV loads into the same process never stands in for it. Its
+        # directory lands in the binaries' RUNPATH (CMAKE_INSTALL_RPATH_USE_LINK_PATH).
+        ob="$CACHE_ROOT/scipy-openblas-$(sha256sum "$HERE/openblas_requirements.txt" | cut -c1-12)"
+        if [[ ! -f "$ob/.complete" ]]; then
+            log "installing the scipy-openblas32 wheel into $ob"
+            rm -rf "$ob"
+            "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --require-hashes \
+                --target "$ob" -r "$HERE/openblas_requirements.txt" \
+                || die "could not install the wheel pinned in engine/openblas_requirements.txt"
+            touch "$ob/.complete"
+        fi
+        ob_lib="$ob/scipy_openblas32/lib/libscipy_openblas.so"
+        [[ -f "$ob_lib" && -f "$ob/scipy_openblas32/include/cblas.h" ]] \
+            || die "libscipy_openblas.so or cblas.h not found under $ob/scipy_openblas32"
+        cmake_args+=(-DBLAS=Open "-DOpenBLAS_INCLUDE_DIR=$ob/scipy_openblas32/include"
+                     "-DOpenBLAS_LIB=$ob_lib" -DBLAS_SYMBOL_PREFIX=scipy_)
+        ;;
     open) cmake_args+=(-DBLAS=Open) ;;
     open-openmp)
         # Debian's OpenMP build of the same OpenBLAS, by its path: libcaffe's RUNPATH
@@ -221,10 +251,19 @@ log "configuring"
 # ---- build and install ----
 log "compiling with $JOBS jobs (log: quiet unless it fails)"
 rm -rf "$PREFIX"
-if ! (cd "$WORK/build" && make -j"$JOBS" > make.log 2>&1 && make install > install.log 2>&1); then
+if ! (cd "$WORK/build" && make -j"$JOBS" > make.log 2>&1 && make install > install.log 2>&1 \
+        && make -j"$JOBS" test.testbin >> make.log 2>&1); then
     grep -n -B2 -A8 -E 'error|Error' "$WORK/build/make.log" | tail -60 >&2 || tail -60 "$WORK/build/make.log" >&2
     die "the Caffe build failed (errors above)"
 fi
+
+# Caffe's own test suite, kept with the engine: it runs from a directory holding
+# the relative paths it reads (src/caffe/test/test_data, examples/images).
+log "keeping Caffe's test binary and its test data in $PREFIX/test"
+mkdir -p "$PREFIX/test/src/caffe/test" "$PREFIX/test/examples"
+cp "$WORK/build/test/test.testbin" "$PREFIX/test/"
+cp -r "$WORK/src/src/caffe/test/test_data" "$PREFIX/test/src/caffe/test/"
+cp -r "$WORK/src/examples/images" "$PREFIX/test/examples/"
 
 # The caffe binary embeds Debian's Python: record what it was built with.
 {

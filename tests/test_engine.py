@@ -4,6 +4,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import caffe
 
@@ -111,3 +112,119 @@ def test_cache_key_covers_patches_and_flags(root, tmp_path):
     assert log3.split("engine-")[1][:16] == key
     rc4, log4 = _check(engine, root, {"BLAS": "no-such-blas"})
     assert rc4 != 0 and "not supported" in log4
+
+
+# ---- Caffe's command line shows Python errors (engine patch 0007) ----
+
+# A Python layer that raises in the call its param_str names.
+FAILING = textwrap.dedent('''
+    import caffe
+
+    class Failing(caffe.Layer):
+        def setup(self, bottom, top):
+            if self.param_str == "setup":
+                raise OSError("pair file /nowhere/pairs.npy does not exist")
+        def reshape(self, bottom, top):
+            if self.param_str == "reshape":
+                raise ValueError("cannot reshape to " + str(bottom[0].data.shape))
+            top[0].reshape(*bottom[0].data.shape)
+        def forward(self, bottom, top):
+            if self.param_str == "forward":
+                raise KeyError("no batch 7")
+            top[0].data[...] = bottom[0].data
+        def backward(self, top, propagate_down, bottom):
+            if self.param_str == "backward":
+                raise ZeroDivisionError("gradient of nothing")
+            bottom[0].diff[...] = top[0].diff
+''')
+
+
+def failing_net(where, module="failing_layer"):
+    return textwrap.dedent(f'''
+        name: "failing_net"
+        force_backward: true
+        layer {{ name: "x" type: "Input" top: "x" input_param {{ shape {{ dim: 2 dim: 3 }} }} }}
+        layer {{ name: "flaky" type: "Python" bottom: "x" top: "y"
+                python_param {{ module: "{module}" layer: "Failing" param_str: "{where}" }} }}
+        layer {{ name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "x" top: "loss" }}
+    ''')
+
+
+def run_cli(caffe_cli, args, pythonpath, cwd):
+    env = {"PYTHONPATH": str(pythonpath), "GLOG_minloglevel": "0", "GLOG_logtostderr": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(caffe_cli), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("where, raised, source_line", [
+    ("setup", "OSError: pair file /nowhere/pairs.npy does not exist",
+     'raise OSError("pair file /nowhere/pairs.npy does not exist")'),
+    ("reshape", "ValueError: cannot reshape to (2, 3)", 'raise ValueError("cannot reshape to "'),
+    ("forward", "KeyError: 'no batch 7'", 'raise KeyError("no batch 7")'),
+    ("backward", "ZeroDivisionError: gradient of nothing", 'raise ZeroDivisionError("gradient of nothing")'),
+])
+def test_caffe_cli_prints_the_python_exception_of_a_layer(tmp_path, caffe_cli, where, raised, source_line):
+    (tmp_path / "failing_layer.py").write_text(FAILING)
+    (tmp_path / "net.prototxt").write_text(failing_net(where))
+    rc, log = run_cli(caffe_cli, ["time", "-model", "net.prototxt", "-iterations", "1"], tmp_path, tmp_path)
+    assert rc == 1, log
+    assert "terminate called" not in log and "error_already_set" not in log, log
+    assert "Traceback (most recent call last)" in log, log
+    assert f'failing_layer.py", line' in log and f"in {where}" in log and source_line in log, log
+    assert raised in log, log
+    assert f"in Caffe layer 'flaky' (Python layer failing_layer.Failing), {where}" in log, log
+    assert "caffe time stopped: a Python layer raised the exception above" in log, log
+
+
+def test_caffe_cli_prints_why_a_python_layer_cannot_be_created(tmp_path, caffe_cli):
+    (tmp_path / "net.prototxt").write_text(failing_net("none", module="no_such_layer_module"))
+    rc, log = run_cli(caffe_cli, ["time", "-model", "net.prototxt", "-iterations", "1"], tmp_path, tmp_path)
+    assert rc == 1 and "terminate called" not in log, log
+    assert "ModuleNotFoundError: No module named 'no_such_layer_module'" in log, log
+    assert "in Caffe layer 'flaky' (Python layer no_such_layer_module.Failing), creation" in log, log
+    assert log.count("ModuleNotFoundError") == 1, "printed once, by the tool"
+
+
+def test_caffe_train_names_the_missing_pair_file_of_the_project_data_layer(tmp_path, caffe_cli, root):
+    """The case of issue 11: `caffe train -solver ...` whose pair data layer cannot open its pair file."""
+    params = ('{"batch_size": 2, "crop_size": 8, "image_store": "data/none/images_lmdb", '
+              '"pairs": "data/none/pairs_train.npy"}')
+    (tmp_path / "train.prototxt").write_text(textwrap.dedent(f'''
+        name: "pairs_only"
+        layer {{ name: "data" type: "Python" top: "data" top: "data_p" top: "label"
+                python_param {{ module: "python_layers.pair_data" layer: "PairIndexData"
+                               param_str: '{params}' }} }}
+        layer {{ name: "sink" type: "Silence" bottom: "data" bottom: "data_p" bottom: "label" }}
+    '''))
+    (tmp_path / "solver.prototxt").write_text('net: "train.prototxt"\nbase_lr: 0.001\nmax_iter: 1\n'
+                                              'lr_policy: "fixed"\nsolver_mode: CPU\n')
+    rc, log = run_cli(caffe_cli, ["train", "-solver", "solver.prototxt"], tmp_path, tmp_path)
+    assert rc == 1 and "terminate called" not in log, log
+    assert "pair file data/none/pairs_train.npy does not exist" in log, log
+    assert "in Caffe layer 'data' (Python layer python_layers.pair_data.PairIndexData), setup" in log, log
+    assert "caffe train stopped: a Python layer raised the exception above" in log, log
+
+
+def test_pycaffe_keeps_the_python_exception_and_adds_the_layer_note(tmp_path, monkeypatch):
+    (tmp_path / "failing_layer.py").write_text(FAILING)
+    (tmp_path / "net.prototxt").write_text(failing_net("forward"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TEST)
+    with pytest.raises(KeyError, match="no batch 7") as err:
+        net.forward()
+    assert err.value.__notes__ == ["in Caffe layer 'flaky' (Python layer failing_layer.Failing), forward"]
+    (tmp_path / "missing.prototxt").write_text(failing_net("none", module="no_such_layer_module"))
+    with pytest.raises(ModuleNotFoundError, match="no_such_layer_module"):
+        caffe.Net(str(tmp_path / "missing.prototxt"), caffe.TEST)
+
+
+def test_caffe_cli_names_an_lmdb_it_cannot_open(tmp_path, caffe_cli):
+    missing = tmp_path / "no_such_lmdb"
+    (tmp_path / "net.prototxt").write_text(textwrap.dedent(f'''
+        name: "lmdb_net"
+        layer {{ name: "data" type: "Data" top: "data" top: "label"
+                data_param {{ source: "{missing}" backend: LMDB batch_size: 2 }} }}
+    '''))
+    rc, log = run_cli(caffe_cli, ["time", "-model", "net.prototxt", "-iterations", "1"], tmp_path, tmp_path)
+    assert rc != 0, log
+    assert f"cannot open LMDB {missing}: No such file or directory" in log, log
