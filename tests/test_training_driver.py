@@ -244,7 +244,7 @@ def test_multistep_schedule_overrides_snapshots_and_log(lmdb_work, tmp_path, mon
         assert float(row["pairs_per_s"]) * span == pytest.approx(32, rel=1e-3)
     assert sorted(p.name for p in out.glob("*.caffemodel")) == [f"tiny_pvcnn_iter_{i}.caffemodel" for i in (2, 4, 6)]
     assert final == out / "tiny_pvcnn_iter_6.solverstate" and final.exists()
-    assert lines[0].startswith("train: 6 iterations from 0, 32 records/iteration, validation every 3 on 1000 test")
+    assert lines[0].startswith("train: 6 iterations from 0, 32 records/iteration, validation every 3 on 1000 validation (D_val) records")
     assert lines[-1] == f"train: done; final snapshot {final}"
     iters = [line for line in lines if line.startswith("iter ")]
     assert iters[0].startswith("iter 1/6 loss ") and " lr 0.001 " in iters[0]
@@ -266,7 +266,8 @@ def test_solver_defaults_are_used_when_not_overridden(lmdb_work, tmp_path, monke
     # The driver validates and snapshots itself; Caffe's own testing and snapshots are off.
     assert effective.snapshot == 0 and effective.test_interval == 10 ** 9 and not effective.test_initialization
     assert effective.lr_policy == "multistep" and effective.base_lr == pytest.approx(1e-3)
-    assert effective.snapshot_prefix == str(out / "tiny_pvcnn")
+    # Caffe writes into the staging directory; the driver checks and renames (virality/snapshots.py).
+    assert effective.snapshot_prefix == str(out / ".snapshot-partial" / "tiny_pvcnn")
 
 
 def test_initial_weights_are_loaded(lmdb_work, tmp_path, monkeypatch):
@@ -337,13 +338,13 @@ def _net_with_test_layer(layer_text):
 def test_count_test_records_of_each_feed(lmdb_work, index_work, tmp_path):
     from virality.weights import read_net_param
     lmdb_net = read_net_param(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt")
-    assert count_test_records(lmdb_net, lmdb_work) == 1000          # toy_data writes 1000 test pairs
+    assert count_test_records(lmdb_net, lmdb_work) == 1000          # toy_data writes 1000 validation pairs
     index_net = read_net_param(index_work / "prototxt/tiny_pvcnn/train_val.prototxt")
-    n_test = np.load(index_work / "data/synthetic/random/pairs_test.npy").shape[0]
-    assert count_test_records(index_net, index_work) == n_test == 300
-    with pytest.raises(FileNotFoundError, match="pairs_test_lmdb not found; run `make data`"):
+    n_val = np.load(index_work / "data/synthetic/random/pairs_val.npy").shape[0]
+    assert count_test_records(index_net, index_work) == n_val == 300
+    with pytest.raises(FileNotFoundError, match="pairs_val_lmdb not found; run `make data`"):
         count_test_records(lmdb_net, tmp_path)
-    with pytest.raises(FileNotFoundError, match="pairs_test.npy not found; run `make data`"):
+    with pytest.raises(FileNotFoundError, match="pairs_val.npy not found; run `make data`"):
         count_test_records(index_net, tmp_path)
     train_only = _net_with_test_layer('layer { name: "d" type: "Data" include { phase: TRAIN } }'
                                       'layer { name: "x" type: "Input" }')
