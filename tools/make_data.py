@@ -268,6 +268,17 @@ def build_topic_lmdbs(dataset, available, store, root, fraction, seed, force, qu
 
 # --------------------------------------------------------------------------- main
 
+def dataset_option(text):
+    """KEY=VALUE -> (key, value); VALUE as JSON when it parses (0.25, 3, true), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--dataset-option wants KEY=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def parse_args(argv):
     from virality.datasets.registry import dataset_names
 
@@ -279,6 +290,11 @@ def parse_args(argv):
     p.add_argument("--sizes", type=int, nargs="+", help="image store sizes (default: 36 synthetic, 256 otherwise)")
     p.add_argument("--settings", nargs="+", help="settings to build (default: all of the dataset's)")
     p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: 20000 synthetic, 10M otherwise)")
+    p.add_argument("--cap-pairs", action="store_true",
+                   help="cap --num-pairs at what each setting allows (said in one line) instead of refusing")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", type=dataset_option,
+                   help="an option of the dataset's adapter, e.g. test_fraction=0.25 (docs/DATASETS.md; "
+                        "VALUE is read as JSON when it parses, else as text); repeatable")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pair sampling and topic split seed")
     p.add_argument("--pair-lmdb", choices=("all", "test", "none"),
                    help="pair LMDBs to build (default: all for synthetic, test otherwise: train with the "
@@ -315,7 +331,8 @@ def main(argv=None):
         if args.dataset == "synthetic" and data_dir is None:
             data_dir = root / "raw"
             ensure_synthetic_raw(data_dir, args.force)
-        dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images)
+        options = dict(args.dataset_option)
+        dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images, **options)
         if dataset.synthetic:
             say("NOTE: this dataset is SYNTHETIC (virality/synthetic.py), not real virality data")
         names = args.settings or sorted(dataset.settings)
@@ -336,7 +353,8 @@ def main(argv=None):
         lmdb_store = stores[args.sizes[0]]
         summary = dict(dataset=args.dataset, synthetic=bool(dataset.synthetic), topic_names=list(dataset.topic_names),
                        images=len(items), available=int(available.size), sizes=args.sizes, seed=args.seed,
-                       num_pairs=args.num_pairs, pair_lmdb=args.pair_lmdb, lmdb_size=args.sizes[0], settings={})
+                       num_pairs=args.num_pairs, pair_lmdb=args.pair_lmdb, lmdb_size=args.sizes[0],
+                       dataset_options=options, settings={})
         for setting in settings:
             restricted, dropped = restrict_setting(setting, available)
             if dropped:
@@ -346,10 +364,15 @@ def main(argv=None):
                 raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "
                                         "dropped for images missing from the store): supply the images, or "
                                         "choose other --settings")
-            if args.num_pairs > possible:
+            num_pairs = args.num_pairs
+            if num_pairs > possible and args.cap_pairs:
+                num_pairs = possible
+                say(f"setting {setting.name}: {possible:,} training pairs, all the data allows "
+                    f"(--num-pairs {args.num_pairs:,} capped)")
+            if num_pairs > possible:
                 raise PairSamplingError(f"setting {setting.name} allows only {possible} training pairs; "
-                                        f"pass --num-pairs {possible} or fewer")
-            files = build_pair_files(restricted, root, args.num_pairs, args.seed, args.force)
+                                        f"pass --num-pairs {possible} or fewer (or --cap-pairs)")
+            files = build_pair_files(restricted, root, num_pairs, args.seed, args.force)
             splits = {"all": ("train", "test"), "test": ("test",), "none": ()}[args.pair_lmdb]
             record = 6 * args.sizes[0] ** 2
             need_gb = sum(len(np.load(files[s][0], mmap_mode="r")) for s in splits) * record / 1e9
@@ -358,7 +381,7 @@ def main(argv=None):
                                  f"(> --max-lmdb-gb {args.max_lmdb_gb}); use --pair-lmdb test and the pair_index "
                                  "feed, or fewer --num-pairs")
             build_pair_lmdbs(files, lmdb_store, splits, args.force, args.quiet)
-            summary["settings"][setting.name] = dict(train_pairs=args.num_pairs, test_pairs=len(restricted.test_pairs),
+            summary["settings"][setting.name] = dict(train_pairs=num_pairs, test_pairs=len(restricted.test_pairs),
                                                      possible_pairs=possible, dropped=dropped,
                                                      pair_lmdbs=list(splits))
         summary["topics"] = build_topic_lmdbs(dataset, available, lmdb_store, root, args.topic_test_fraction,

@@ -8,8 +8,9 @@
 A model directory (made by `make release MODEL=<model>`) holds deploy.prototxt, the
 caffemodel, metadata.json (input size, mean, what it was trained on) and SHA256SUMS,
 which is verified before use. Output: one row per image sorted by score f_r
-(higher = more viral); files that cannot be read get a per-file error and the
-others are still scored. --pair prints P(A more viral than B) = g_r of Eq. 4.
+(higher = more of the release's attribute: virality, or the --attribute it was trained
+for, recorded in metadata.json and written in an ``attribute`` column); files that cannot be read get a per-file error and the
+others are still scored. --pair prints P(A higher than B) = g_r of Eq. 4 (``p_a_higher``).
 Exit status: 0 when every file was scored, 1 when some failed, 2 on a bad model directory.
 """
 import argparse
@@ -50,7 +51,8 @@ def main(argv=None):
     except ReleaseError as err:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
-    print(f"predict: model {release.metadata['model']} from {release.dir} "
+    attribute = release.metadata.get("attribute", "virality")
+    print(f"predict: model {release.metadata['model']} from {release.dir}, ranking by {attribute} "
           f"(trained on: {release.metadata.get('trained_on', {}).get('description') or 'see metadata.json'})",
           file=sys.stderr)
     net = release.net()
@@ -67,13 +69,16 @@ def main(argv=None):
                 print(f"predict: error: {r.path}: {r.error}", file=sys.stderr)
                 return 1
         prob = float(pair_probability(a.score, b.score))
-        print(json.dumps({"a": a.path, "b": b.path, "score_a": a.score, "score_b": b.score,
-                          "p_a_more_viral": prob}, indent=2))
+        answer = {"a": a.path, "b": b.path, "attribute": attribute, "score_a": a.score, "score_b": b.score,
+                  "p_a_higher": prob}
+        if attribute == "virality":
+            answer["p_a_more_viral"] = prob     # the key of releases made before attributes had names
+        print(json.dumps(answer, indent=2))
         return 0
 
     results = sort_by_score(predict_files(release, args.images, args.batch_size, net=net))
     rows = [dict(rank=i + 1 if r.error is None else "", path=r.path,
-                 score="" if r.score is None else r.score,
+                 score="" if r.score is None else r.score, attribute=attribute,
                  **({"topic": "" if r.topic is None else r.topic} if release.output_blob == "prob" else {}),
                  error=r.error or "") for i, r in enumerate(results)]
     out = open(args.out, "w", newline="") if args.out else sys.stdout

@@ -127,8 +127,14 @@ def _rel(path):
         return str(path)
 
 
-def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force=False, stream=None):
-    """Write the release directory of ``model_name`` from ``snapshot``. Returns (Release, LoadReport)."""
+def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force=False, stream=None,
+                 deploy=None, train_val=None, attribute="virality"):
+    """Write the release directory of ``model_name`` from ``snapshot``. Returns (Release, LoadReport).
+
+    deploy, train_val: the nets of the run (default: the committed prototxt/<model>/ files);
+    attribute: what the score ranks ("virality", or e.g. "brightness"), recorded in metadata.json
+    and used by tools/predict.py's output.
+    """
     from virality.architectures import ARCHITECTURES
     from virality.nets import get_model
     from virality.weights import WeightsError, build_net, load_weights, read_net_param
@@ -139,7 +145,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
     except ValueError as e:
         raise ReleaseError(str(e)) from None
     arch = ARCHITECTURES[model.arch]
-    deploy_src = PROTOTXT_DIR / model_name / DEPLOY_FILE
+    deploy_src = Path(deploy) if deploy else PROTOTXT_DIR / model_name / DEPLOY_FILE
     if not deploy_src.is_file():
         raise ReleaseError(f"{deploy_src}: no deploy net; generate it with `make nets`")
     snapshot = Path(snapshot) if snapshot else default_snapshot(model_name)
@@ -170,8 +176,8 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
         net.save(str(tmp / caffemodel_name))
         del net
         caffemodel_sha = sha256_file(tmp / caffemodel_name)
-        train_val = PROTOTXT_DIR / model_name / "train_val.prototxt"
-        output = ({"blob": "score", "meaning": "f_r, the image's virality score (higher = more viral); "
+        train_val = Path(train_val) if train_val else PROTOTXT_DIR / model_name / "train_val.prototxt"
+        output = ({"blob": "score", "meaning": f"f_r, the image's {attribute} score (higher = more {attribute}); "
                                               "image 1 beats image 2 iff its score is higher"}
                   if output_blob == "score" else
                   {"blob": "prob", "meaning": "topic probabilities (softmax over the Topic-CNN classes)",
@@ -181,6 +187,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
             "model": model_name,
             "arch": model.arch,
             "kind": model.kind,
+            "attribute": attribute,
             "input": {
                 "blob": "data",
                 "shape": input_shape,
