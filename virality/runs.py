@@ -595,20 +595,26 @@ class RunDir:
 
 
 def _truncate_log(path, iteration):
-    """Drop the log rows after ``iteration`` (written after the snapshot a resume starts from)."""
+    """Drop the log rows after ``iteration`` (written after the snapshot a resume starts from).
+
+    A log without a complete header (a run killed before its first row was flushed) is removed,
+    so the resumed run writes a new one."""
     import csv
+    import io
     if not path.is_file():
         return
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-        fields = list(rows[0]) if rows else None
-    if fields:
-        import io
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(r for r in rows if int(r["iteration"]) <= iteration)
-        write_text_atomic(path, buf.getvalue())
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        fields = reader.fieldnames
+    if not fields or "iteration" not in fields:
+        path.unlink()
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(r for r in rows if r.get("iteration", "").isdigit() and int(r["iteration"]) <= iteration)
+    write_text_atomic(path, buf.getvalue())
 
 
 def small_test_warning(n):
