@@ -251,3 +251,11 @@ def test_table1_plan_lists_topic_cnns_first_then_every_model_and_setting(tmp_pat
         == set(names[2:])
     tp = next(e for e in entries if e.name == "vgg19_tpvcnn-random")
     assert tp.spec.topic_run == str(tmp_path / "vgg19_topic") and tp.spec.weights == "/w/v.caffemodel"
+
+
+def test_a_setting_scored_by_image_is_refused_before_training(tmp_path):
+    from virality.runs import DataSource, RunDir, RunError, RunSpec
+    run = RunDir.open(tmp_path / "pop", RunSpec("tiny_pvcnn", "user_mix", DataSource("popularity", data_dir="t.csv")))
+    with pytest.raises(RunError, match="no test pairs"):
+        run.prepare({"settings": {"user_mix": {"test_pairs": 0, "train_pairs": 10}}})
+    assert not (tmp_path / "pop" / "run.json").exists()

@@ -348,6 +348,11 @@ class RunDir:
         from virality.training import count_test_records
 
         cfg = self.data_config(summary)
+        split = summary.get("settings", {}).get(self.spec.setting, {})
+        if self.model.kind != "topic" and split.get("test_pairs") == 0:
+            raise RunError(f"{self.name}: setting {self.spec.setting} of {self.spec.data.dataset} has no test pairs "
+                           "(it is scored by image, Spearman's rho), so the train/val net has no pairs for its "
+                           "test phase; it needs a validation split of pairs first")
         net = train_val_net(self.spec.model, cfg)
         num_test = count_test_records(net, self.path)
         batch = covering_batch(num_test, cfg.test_batch)
