@@ -29,9 +29,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(f"demo: out={args.out} max_iter={args.max_iter or 'solver default'} num_pairs={args.num_pairs or 'default'}")
     from virality.demo import run
-    from virality.runs import RunError
+    from virality.runs import RunConflict, RunError
     try:
         run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs, restart=args.restart)
+    except RunConflict as err:
+        print(f"demo: error: {err}\ndemo: --restart starts the demo afresh (or pass another --out)", file=sys.stderr)
+        return 2
     except RunError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
