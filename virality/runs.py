@@ -489,6 +489,21 @@ class RunDir:
                                init_sha256=file_digest(self.init_weights))
         return [self.init_weights]
 
+    def _checked_weights(self):
+        """The ImageNet weights, checked first: every pretrained layer must load into the towers
+        (Caffe's copy_from would skip a layer that does not match without a word)."""
+        from virality.weights import WeightsError, load_pretrained
+        if not self.spec.weights:
+            return []
+        if not self.model.architecture.pretrained:
+            raise RunError(f"{self.name}: the {self.model.arch} towers take no ImageNet weights ({self.spec.weights})")
+        with open(self.path / "weights_report.txt", "w") as report:
+            try:
+                load_pretrained(self.spec.model, self.spec.weights, stream=report)
+            except WeightsError as err:
+                raise RunError(f"{self.name}: {self.spec.weights} does not initialise {self.spec.model}: {err}") from None
+        return [Path(self.spec.weights)]
+
     def train(self, gpu=None, log=say, progress=None):
         """Train (or resume) to the solver's max_iter; returns the final snapshot."""
         from virality.plots import plot_training_curves, read_csv
@@ -496,8 +511,7 @@ class RunDir:
 
         if self.done("trained"):
             return self.final_snapshot()
-        weights = self._tpvcnn_init() if self.model.kind == "tpvcnn" else (
-            [Path(self.spec.weights)] if self.spec.weights else [])
+        weights = self._tpvcnn_init() if self.model.kind == "tpvcnn" else self._checked_weights()
         start, state = self.last_state()
         if state is not None:
             log(f"{self.name}: resuming from its snapshot at iteration {start} ({state.name})")
