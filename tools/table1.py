@@ -52,7 +52,6 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    from virality.datasets.registry import load_dataset
     from virality.plan import PlanRunner, check_plan, table1_plan
     from virality.runs import DataSource, RunError
 
@@ -76,7 +75,7 @@ def main(argv=None):
                         data_root=data_root, num_pairs=args.num_pairs)
     out = (args.out or ROOT / "runs" / f"table1-{args.dataset}").resolve()
     try:
-        names = args.settings or _settings(load_dataset, source)
+        names = args.settings or _settings(source)
         common = dict(max_iter=args.max_iter, snapshot=args.snapshot, weights=weights)
         entries = table1_plan(source, names, archs, out, **common)
         if args.popularity:
@@ -95,7 +94,7 @@ def main(argv=None):
     return 0
 
 
-def _settings(load_dataset, source):
+def _settings(source):
     if source.dataset == "synthetic":
         return ["random_disjoint", "random"]      # a scores table's settings; its world is generated later
     ds = source.load()

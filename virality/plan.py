@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virality.files import write_text_atomic
-from virality.runs import DataSource, RunDir, RunError, RunSpec
+from virality.runs import RunDir, RunError, RunSpec
 
 #: Table 1's setting columns, in the paper's order.
 BASE_SETTINGS = ("complete", "top_bottom", "random")
@@ -310,5 +310,3 @@ def check_plan(entries):
         raise RunError(f"the plan names a run twice: {names}")
     return entries
 
-
-__all__ = ["DataSource", "PlanEntry", "PlanRunner", "table1_plan", "write_table"]
