@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virality.files import load_npy
 from virality.imagestore import ENCODINGS, MANIFEST_FILE, MAX_PIXELS, RESIZE_MODES, StoreError, build_image_store
 from virality.pairlmdb import build_pair_lmdb, build_topic_lmdb, check_pairs, split_topic_ids
 
@@ -69,7 +70,7 @@ def cmd_images(args):
 
 def cmd_pairs(args):
     try:
-        pairs = check_pairs(np.load(args.pairs), where=str(args.pairs))
+        pairs = check_pairs(load_npy(args.pairs), where=str(args.pairs))
     except (OSError, ValueError) as err:
         raise SystemExit(f"build_lmdb pairs: {err}") from None
     print(f"build_lmdb pairs: {len(pairs)} pairs from {args.pairs} and {args.store} -> {args.out}")
@@ -132,7 +133,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (StoreError, ValueError, FileNotFoundError) as err:
+    except (StoreError, ValueError, OSError) as err:     # OSError: FileNotFoundError, DiskError
         print(f"build_lmdb {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -15,27 +15,31 @@ Outputs (paths as virality.nets.DataConfig reads them):
     data/<name>/data.json                     what was built, from what, with counts
 
 Every output has a ``<output>.stamp`` beside it holding a content hash of its inputs
-(input files, arrays, options and the builder's source code): an output whose hash
-matches is kept, any change rebuilds it. Pair and topic LMDBs are built from the
+(input files, arrays, options and the builder's source code) and the output's own
+fingerprint (sizes and content hashes, virality.outputs): an output is kept only when
+both match, so a changed input, or an output truncated or edited since, rebuilds it.
+One make_data at a time writes to an output directory (a lock, data/<name>/.lock);
+docs/FAILURES.md says what a killed run or a full disk leaves. Pair and topic LMDBs are built from the
 image store of the first --sizes entry. Images missing from the store (missing or
 broken files, listed in its manifest.csv) are left out of every setting's pools
-and test pairs, and the counts are printed and written to data.json.
+and test pairs (and pairs-csv comparisons naming them are left out of training), and the
+counts are printed and written to data.json.
 """
 import argparse
 import dataclasses
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from virality.files import file_digest, save_npy_atomic
+from virality import outputs
+from virality.files import disk_error, file_digest, load_npy, save_npy_atomic
+from virality.outputs import Digest, OutputLock, OutputLocked, stamp_path, write_stamp
 
 from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
     write_json
-from virality.paths import DATA_DIR, ROOT
+from virality.paths import DATA_DIR
 
 #: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.architectures).
 DEFAULT_SIZES = {"synthetic": [36]}
@@ -55,47 +59,14 @@ def say(msg):
 
 # --------------------------------------------------------------------------- content stamps
 
-class Digest:
-    """sha256 over labelled parts: JSON-able values, arrays (dtype, shape, bytes) and files."""
-
-    def __init__(self, kind):
-        self.h = hashlib.sha256(kind.encode())
-
-    def value(self, label, obj):
-        self.h.update(f"\0{label}=".encode() + json.dumps(obj, sort_keys=True, default=str).encode())
-        return self
-
-    def array(self, label, arr):
-        arr = np.ascontiguousarray(arr)
-        self.h.update(f"\0{label}:{arr.dtype.str}:{arr.shape}".encode())
-        self.h.update(arr.tobytes())
-        return self
-
-    def code(self, *modules):
-        for rel in modules:
-            self.h.update(f"\0code:{rel}".encode() + (ROOT / rel).read_bytes())
-        return self
-
-    def hexdigest(self):
-        return self.h.hexdigest()
-
-
-def stamp_path(output):
-    return Path(f"{output}.stamp")
-
-
 def is_fresh(output, digest, force=False):
-    """True when ``output`` exists and its stamp holds ``digest``."""
-    if force or not Path(output).exists():
-        return False
-    try:
-        return json.loads(stamp_path(output).read_text()).get("digest") == digest
-    except (OSError, ValueError):
-        return False
-
-
-def write_stamp(output, digest, **inputs):
-    write_json(stamp_path(output), dict(digest=digest, output=Path(output).name, inputs=inputs))
+    """virality.outputs.is_fresh, saying so when an output changed on disk since it was stamped."""
+    if outputs.is_fresh(output, digest, force):
+        return True
+    reason = None if force else outputs.stale_reason(output, digest)
+    if reason and reason.startswith("changed on disk"):
+        say(f"{output}: {reason}: rebuilding it")
+    return False
 
 
 save_npy = save_npy_atomic
@@ -174,7 +145,28 @@ def restrict_setting(setting, available):
     dropped = dict(test_pairs=len(setting.test_pairs) - len(new.test_pairs),
                    viral_pool=len(setting.viral_pool) - len(new.viral_pool),
                    nonviral_pool=len(setting.nonviral_pool) - len(new.nonviral_pool))
+    if setting.train_pairs is not None:
+        dropped["train_pairs"] = len(setting.train_pairs) - len(new.train_pairs)
     return new, {k: int(v) for k, v in dropped.items() if v}
+
+
+def left_out_images(items, available, stores):
+    """Count, by reason, the images that are in no store (from each store's manifest.csv)."""
+    import csv
+
+    gone = {i for i, _ in items} - set(np.asarray(available).tolist())
+    reasons = {}
+    for path, _ in stores.values():
+        with open(path / "manifest.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["status"] == "skipped" and int(row["id"]) in gone:
+                    gone.discard(int(row["id"]))
+                    reasons[row["kind"]] = reasons.get(row["kind"], 0) + 1
+    if gone:
+        reasons["not in every store"] = len(gone)
+    count = sum(reasons.values())
+    return dict(count=count, reasons=dict(sorted(reasons.items())),
+                manifests=[str(p / "manifest.csv") for p, _ in stores.values()])
 
 
 def setting_digest(setting):
@@ -227,7 +219,7 @@ def build_pair_lmdbs(files, store, splits, force, quiet):
         out = path.parent / f"pairs_{split}_lmdb"
         digest = Digest("pair-lmdb").value("pairs", pairs_digest).value("store", store_digest) \
             .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
-        pairs = np.load(path)
+        pairs = load_npy(path)
         if len(pairs) == 0:
             say(f"{out}: not built: {path.name} holds no pairs (a spearman setting is evaluated by image)")
             continue
@@ -316,8 +308,8 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def build(args):
+    """Build everything under <out-root>/<dataset>/ (the caller holds its lock)."""
     from virality.datasets.registry import load_dataset
     from virality.pairs import PairSamplingError, max_pairs
 
@@ -351,14 +343,19 @@ def main(argv=None):
             available = store.ids if available is None else np.intersect1d(available, store.ids)
             store.close()
         lmdb_store = stores[args.sizes[0]]
+        left_out = left_out_images(items, available, stores)
+        if left_out["count"]:
+            say(f"{left_out['count']} of {len(items)} images are not in the image store(s), so every pair naming "
+                f"one is left out: {left_out['reasons']} (each listed with its reason in "
+                f"{', '.join(left_out['manifests'])})")
         summary = dict(dataset=args.dataset, synthetic=bool(dataset.synthetic), topic_names=list(dataset.topic_names),
                        images=len(items), available=int(available.size), sizes=args.sizes, seed=args.seed,
                        num_pairs=args.num_pairs, pair_lmdb=args.pair_lmdb, lmdb_size=args.sizes[0],
-                       dataset_options=options, settings={})
+                       dataset_options=options, left_out_images=left_out, settings={})
         for setting in settings:
             restricted, dropped = restrict_setting(setting, available)
             if dropped:
-                say(f"setting {setting.name}: images not in the store removed: {dropped}")
+                say(f"setting {setting.name}: left out for images not in the store: {dropped}")
             possible = max_pairs(restricted)
             if possible == 0:
                 raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "
@@ -375,7 +372,7 @@ def main(argv=None):
             files = build_pair_files(restricted, root, num_pairs, args.seed, args.force)
             splits = {"all": ("train", "test"), "test": ("test",), "none": ()}[args.pair_lmdb]
             record = 6 * args.sizes[0] ** 2
-            need_gb = sum(len(np.load(files[s][0], mmap_mode="r")) for s in splits) * record / 1e9
+            need_gb = sum(len(load_npy(files[s][0], mmap=True)) for s in splits) * record / 1e9
             if need_gb > args.max_lmdb_gb:
                 raise ValueError(f"setting {setting.name}: the pair LMDBs would take {need_gb:.0f} GB "
                                  f"(> --max-lmdb-gb {args.max_lmdb_gb}); use --pair-lmdb test and the pair_index "
@@ -387,12 +384,30 @@ def main(argv=None):
         summary["topics"] = build_topic_lmdbs(dataset, available, lmdb_store, root, args.topic_test_fraction,
                                               args.seed, args.force, args.quiet)
     except (OSError, ValueError, KeyError, StoreError) as err:
+        if isinstance(err, OSError):
+            err = disk_error(err, err.filename or root)
         print(f"make_data: error: {err}", file=sys.stderr)
         return 2
     summary["seconds"] = round(time.time() - start, 1)
     write_json(root / "data.json", summary)
     say(f"done in {summary['seconds']} s: {root / 'data.json'}")
     return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        with OutputLock(args.out_root / args.dataset):     # one writer at a time (docs/FAILURES.md)
+            return build(args)
+    except (OutputLocked, OSError) as err:
+        if isinstance(err, OSError):
+            err = disk_error(err, err.filename or args.out_root)
+        print(f"make_data: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("make_data: interrupted: the outputs finished so far are kept, the one being built was dropped; "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,9 +7,14 @@
     .venv/bin/python tools/train.py --model tiny_pvcnn --resume models/tiny_pvcnn/tiny_pvcnn_iter_500.solverstate
 
 Writes under --out (default models/<model>/): snapshots, train_log.csv, train_curves.png,
-solver.effective.prototxt. Exit status 3 when the loss became non-finite.
+solver.effective.prototxt. Exit status 3 when the loss became non-finite; 4 when a snapshot
+could not be written (disk full, read-only); 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which
+stop training after the current iteration, write a snapshot there and print the command that
+resumes (docs/FAILURES.md).
 """
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -38,7 +43,21 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def resume_command(argv, state):
+    """The command line that continues this run from ``state``: the same options, --resume replaced."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            kept.append(a)
+    return shlex.join([sys.executable, sys.argv[0], *kept, "--resume", str(state)])
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     workdir = args.workdir.resolve()
     solver = (args.solver or workdir / "solvers" / f"{args.model}.prototxt").resolve()
@@ -50,7 +69,12 @@ def main(argv=None):
     import os
     os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
     from virality.plots import plot_training_curves, read_csv
-    from virality.training import NonFiniteLoss, TrainConfig, Trainer
+    from virality.files import DiskError, TruncatedFile
+    from virality.imagestore import StoreError
+    from virality.pair_batches import PairDataError
+    from virality.outputs import OutputLocked
+    from virality.snapshots import SnapshotError
+    from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
 
     config = TrainConfig(solver_path=solver, out_dir=out, workdir=workdir,
                          weights=[w.resolve() for w in args.weights],
@@ -64,10 +88,26 @@ def main(argv=None):
     except NonFiniteLoss as err:
         print(f"train: error: {err}", file=sys.stderr)
         status = 3
+    except Interrupted as err:
+        print(f"train: stopped by {signal.Signals(err.signum).name} after iteration {err.iteration}; "
+              f"snapshot {err.snapshot}\ntrain: resume with: {resume_command(argv, err.snapshot)}", file=sys.stderr)
+        status = 128 + err.signum
+    except (DiskError, SnapshotError, OutputLocked) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        status = 4
+    except (StoreError, PairDataError, TruncatedFile, FileNotFoundError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:     # before the first iteration (later ones stop with a snapshot: Interrupted)
+        print("train: interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
     log = out / "train_log.csv"
     if log.exists():
-        plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
-        print(f"train: log {log}, curves {out / 'train_curves.png'}")
+        try:
+            plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
+            print(f"train: log {log}, curves {out / 'train_curves.png'}")
+        except OSError as err:
+            print(f"train: log {log}; the curves could not be written: {err}", file=sys.stderr)
     return status
 
 

@@ -19,6 +19,7 @@ from virality.metrics import pair_scores, pairwise_accuracy, spearman, wilson_in
 from virality.nets import get_model
 from virality.paths import PROTOTXT_DIR
 from virality.preprocess import InputSpec, chw_to_input, forward_in_batches
+from virality.snapshots import latest_snapshot  # noqa: F401  (skips incomplete snapshots)
 
 
 @dataclass
@@ -84,19 +85,6 @@ def evaluate_run(run, dataset, store, net=None):
     low, high = wilson_interval(acc * len(pairs), len(pairs))
     return Result(run.setting, run.model, "pairwise_accuracy", acc, low, high, int(len(pairs)), paper,
                   setting.description, str(run.caffemodel))
-
-
-def latest_snapshot(model_dir, prefix):
-    """The caffemodel with the highest iteration number (by name, never by mtime)."""
-    best, best_iter = None, -1
-    for path in Path(model_dir).glob(f"{prefix}_iter_*.caffemodel"):
-        m = re.fullmatch(rf"{re.escape(prefix)}_iter_(\d+)\.caffemodel", path.name)
-        if m and int(m.group(1)) > best_iter:
-            best, best_iter = path, int(m.group(1))
-    if best is None:
-        raise FileNotFoundError(f"no {prefix}_iter_*.caffemodel in {model_dir}; train first "
-                                f"(make train MODEL={prefix})")
-    return best
 
 
 def trained_setting(train_val_path):

@@ -28,6 +28,7 @@ A build writes under a hidden temporary name and renames at the end, so a
 killed build never leaves a directory that looks like a complete store.
 """
 import csv
+import errno
 import json
 import os
 import shutil
@@ -42,7 +43,8 @@ import cv2
 import lmdb
 import numpy as np
 
-from virality.files import write_text_atomic
+from virality.files import (DiskError, check_free_space, disk_error, file_size_limited, free_bytes, load_npy,
+                            ran_out, write_text_atomic)
 
 #: Pillow's own default cap (Image.MAX_IMAGE_PIXELS): ~ 89.5 M pixels.
 MAX_PIXELS = 89_478_485
@@ -299,13 +301,42 @@ class Progress:
             self.stream.write("\n")
 
 
-class LmdbWriter:
-    """Puts records in batched transactions; grows the map when it fills."""
+def lmdb_bytes(records, value_bytes):
+    """About how many bytes an LMDB of ``records`` values of ``value_bytes`` each takes on disk
+    (values over a page go to whole overflow pages; keys, page headers and the tree on top)."""
+    page = 4096
+    per = -(-(value_bytes + 64) // page) * page if value_bytes + 64 > page // 2 else value_bytes + 64
+    return int(records * per * 1.05) + 4 * page
 
-    def __init__(self, path, expected_bytes=0, commit_every=1000):
+
+class LmdbWriter:
+    """Puts records in batched transactions; grows the map when it fills.
+
+    A failed write (LMDB reports a full disk as "Input/output error") raises
+    DiskError naming the directory and what ran out, or StoreError for anything else.
+    """
+
+    def __init__(self, path, expected_bytes=0, commit_every=1000, final=None):
+        self.path = Path(path)
+        self.final = Path(final or path)        # the name errors give (path may be a temporary build)
         self.map_size = max(64 << 20, int(expected_bytes * 1.5) + (32 << 20))
-        self.env = lmdb.open(str(path), map_size=self.map_size, subdir=True, meminit=False, sync=False)
+        try:
+            self.env = lmdb.open(str(path), map_size=self.map_size, subdir=True, meminit=False, sync=False)
+        except lmdb.Error as err:
+            raise self._error(err) from None
         self.pending, self.commit_every, self.count = [], commit_every, 0
+
+    def _error(self, err):
+        if isinstance(err, OSError):
+            return disk_error(err, self.final)
+        # LMDB reports a failed write(2) as "Input/output error", whatever errno it got.
+        if free_bytes(self.path) < (64 << 20):
+            code = errno.ENOSPC
+        elif file_size_limited():
+            code = errno.EFBIG
+        else:
+            return StoreError(f"cannot write the LMDB {self.final}: {err}")
+        return DiskError(code, f"cannot write the LMDB {self.final}: {ran_out(code, self.path)} (LMDB: {err})")
 
     def put(self, k, value):
         self.pending.append((k, value))
@@ -323,13 +354,19 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 self.map_size *= 2
                 self.env.set_mapsize(self.map_size)
+            except lmdb.Error as err:
+                raise self._error(err) from None
         self.count += len(self.pending)
         self.pending = []
 
     def close(self):
-        self.flush()
-        self.env.sync(True)
-        self.env.close()
+        try:
+            self.flush()
+            self.env.sync(True)
+        except lmdb.Error as err:
+            raise self._error(err) from None
+        finally:
+            self.env.close()
 
 
 def _pid_alive(pid):
@@ -347,17 +384,21 @@ def atomic_dir(final):
     """Yield a hidden temporary directory path that becomes ``final`` only on success.
 
     Leftovers of killed builds (``.<name>.tmp-<pid>`` of dead processes) are removed first.
-    An existing ``final`` is replaced only after the new one is complete.
+    An existing ``final`` is replaced only after the new one is complete. A write that
+    fails for lack of space or permission raises DiskError naming ``final``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.*-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f".{final.name}.*-*"):
+            pid = stale.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise disk_error(err, final) from err
     try:
         yield tmp
         if final.exists():
@@ -367,8 +408,11 @@ def atomic_dir(final):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
-    except BaseException:
+    except BaseException as err:
+        error = disk_error(err, final) if isinstance(err, OSError) else err
         shutil.rmtree(tmp, ignore_errors=True)
+        if error is not err:
+            raise error from err
         raise
 
 
@@ -424,9 +468,11 @@ def build_image_store(items, out, size, resize="warp", encoding="raw", max_pixel
     tasks = [(i, p, size, resize, encoding, max_pixels) for i, p in items]
     stored, manifest, counts = [], [], {}
     start = time.time()
+    if encoding == "raw":
+        check_free_space(Path(out).parent, lmdb_bytes(len(tasks), 3 * size * size + 32), f"the image store {out}")
     bar = Progress(len(tasks), f"image store {Path(out).name}", enabled=progress)
     with atomic_dir(out) as tmp:
-        writer = LmdbWriter(tmp, expected_bytes=len(tasks) * (3 * size * size + 256))
+        writer = LmdbWriter(tmp, expected_bytes=len(tasks) * (3 * size * size + 256), final=out)
         if workers > 1:
             # Threads: Pillow's decoders and OpenCV's resize release the GIL, and threads avoid
             # fork (the parent may hold Caffe/OpenBLAS/LMDB locks) and spawn (main-module guards).
@@ -469,6 +515,12 @@ class StoreError(RuntimeError):
     """An image store (or pair/topic LMDB) is missing, incomplete or malformed."""
 
 
+REBUILD_HINT = ("rebuild it: rerun the `make data` (tools/make_data.py) command that made it, which rebuilds a "
+                "damaged output, or tools/build_lmdb.py")
+#: records parsed when an LMDB is opened (first, last and evenly spaced ones between).
+CHECK_RECORDS = 8
+
+
 def read_meta(path, expected_format=STORE_FORMAT):
     path = Path(path)
     meta_file = path / META_FILE
@@ -478,23 +530,84 @@ def read_meta(path, expected_format=STORE_FORMAT):
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as err:
-        raise StoreError(f"{path}: missing or unreadable {META_FILE} ({err}); it is incomplete: rebuild it") from None
-    if meta.get("format") != expected_format or not meta.get("complete"):
-        raise StoreError(f"{path}: not a complete {expected_format} (format {meta.get('format')!r}, "
-                         f"complete {meta.get('complete')!r}); rebuild it")
+        raise StoreError(f"{path}: missing or unreadable {META_FILE} ({err}); it is incomplete: {REBUILD_HINT}") \
+            from None
+    if not isinstance(meta, dict) or meta.get("format") != expected_format or not meta.get("complete"):
+        got = meta if not isinstance(meta, dict) else f"format {meta.get('format')!r}, complete {meta.get('complete')!r}"
+        raise StoreError(f"{path}: not a complete {expected_format} ({got}); {REBUILD_HINT}")
     return meta
 
 
+def open_lmdb(path, entries=None):
+    """Open the LMDB at ``path`` read-only after checking it is whole; returns the lmdb Environment.
+
+    LMDB maps its file and would die of SIGBUS (no message, exit 135) on the first page
+    past the end of a truncated data.mdb, so before any page is touched the file's size is
+    checked against the last page its meta page names, and its entry count against
+    ``entries`` (when given). Raises StoreError naming the file and the rebuild.
+    """
+    path = Path(path)
+    data = path / "data.mdb"
+    try:
+        size = data.stat().st_size
+        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, max_readers=64)
+    except (OSError, lmdb.Error) as err:
+        raise StoreError(f"{data}: not a readable LMDB ({err}); {REBUILD_HINT}") from None
+    try:
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if size < need:
+            raise StoreError(f"{data}: truncated ({size} bytes, its LMDB needs {need}: a partial copy or a full "
+                             f"disk?); {REBUILD_HINT}")
+        found = env.stat()["entries"]
+        if entries is not None and found != entries:
+            raise StoreError(f"{data}: holds {found} records, {META_FILE} says {entries}; {REBUILD_HINT}")
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def spread(n, k=CHECK_RECORDS):
+    """Up to ``k`` positions in range(n): the first, the last and evenly spaced ones between."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
+
+
+def check_records(env, path, keys, parse):
+    """Parse the records of ``keys`` (a few, see ``spread``): a cheap check when an LMDB is opened."""
+    with env.begin(buffers=False) as txn:
+        for k in keys:
+            value = txn.get(k)
+            if value is None:
+                raise StoreError(f"{path}: record {k.decode()} is missing; {REBUILD_HINT}")
+            try:
+                parse(value)
+            except Exception as err:
+                raise StoreError(f"{path}: record {k.decode()} is damaged ({err}); {REBUILD_HINT}") from None
+
+
 class ImageStore:
-    """Read access to an image store: ``get(id)`` -> BGR (H, W, 3); ``read_chw(ids)`` -> (n, 3, H, W)."""
+    """Read access to an image store: ``get(id)`` -> BGR (H, W, 3); ``read_chw(ids)`` -> (n, 3, H, W).
+
+    Opening checks the store (``open_lmdb``, ids.npy against store.json, a few records)."""
 
     def __init__(self, path):
         self.path = Path(path)
         self.meta = read_meta(self.path)
         self.size = int(self.meta["size"])
-        self.ids = np.load(self.path / IDS_FILE)
-        self.env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False, subdir=True,
-                             max_readers=64)
+        try:
+            self.ids = load_npy(self.path / IDS_FILE)
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{self.path / IDS_FILE}: {err}; {REBUILD_HINT}") from None
+        if self.ids.ndim != 1 or self.ids.size != self.meta.get("stored"):
+            raise StoreError(f"{self.path / IDS_FILE}: lists {self.ids.size} ids, {META_FILE} says "
+                             f"{self.meta.get('stored')}; {REBUILD_HINT}")
+        self.env = open_lmdb(self.path, entries=self.ids.size)
+        check_records(self.env, self.path, [key(i) for i in self.ids[spread(self.ids.size)]], self._check_datum)
+
+    def _check_datum(self, value):
+        chw, _ = parse_datum(value)
+        if chw.shape != (3, self.size, self.size):
+            raise ValueError(f"shape {chw.shape}, expected (3, {self.size}, {self.size})")
 
     def __len__(self):
         return int(self.ids.size)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from virality.files import TruncatedFile, load_npy
 from virality.imagestore import ImageStore
 
 
@@ -46,7 +47,9 @@ def load_pairs(path):
         raise PairDataError(f"pair file {path} does not exist (cwd {Path.cwd()}); "
                             "build it with `make data` (tools/make_data.py)")
     try:
-        pairs = np.load(path, allow_pickle=False)
+        pairs = load_npy(path)
+    except TruncatedFile as err:
+        raise PairDataError(f"pair file {err}; rebuild it with `make data` (tools/make_data.py)") from None
     except (OSError, ValueError) as err:
         raise PairDataError(f"pair file {path} is not a readable .npy array ({err})") from None
     if pairs.ndim != 2 or pairs.shape[1] != 3 or not np.issubdtype(pairs.dtype, np.integer):

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from virality.files import check_free_space
 from virality.imagestore import (IDS_FILE, META_FILE, ImageStore, LmdbWriter, Progress, StoreError, atomic_dir,
-                                 key, read_meta, write_json)
+                                 check_records, key, lmdb_bytes, open_lmdb, parse_datum, read_meta, spread,
+                                 write_json)
 
 PAIR_FORMAT = "virality-pair-lmdb/1"
 TOPIC_FORMAT = "virality-topic-lmdb/1"
@@ -58,10 +60,11 @@ def build_pair_lmdb(store_path, pairs, out, progress=True, extra_meta=None):
                              f"(e.g. {missing[:5].tolist()}); see its {store.path / 'manifest.csv'} and "
                              "drop those pairs first")
         s = store.size
+        check_free_space(Path(out).parent, lmdb_bytes(len(pairs), 6 * s * s + 32), f"the pair LMDB {out}")
         start = time.time()
         bar = Progress(len(pairs), f"pair lmdb {Path(out).name}", enabled=progress)
         with atomic_dir(out) as tmp:
-            writer = LmdbWriter(tmp, expected_bytes=len(pairs) * (6 * s * s + 64))
+            writer = LmdbWriter(tmp, expected_bytes=len(pairs) * (6 * s * s + 64), final=out)
             buf = np.empty((6, s, s), np.uint8)
             chunk = 512
             for lo in range(0, len(pairs), chunk):
@@ -126,10 +129,13 @@ def build_topic_lmdb(store_path, ids, labels, out, progress=True, extra_meta=Non
         if missing.size:
             raise StoreError(f"{store_path}: {missing.size} image id(s) are not in the store (e.g. "
                              f"{missing[:5].tolist()}); see {store.path / 'manifest.csv'}")
+        if store.meta.get("encoding") == "raw":
+            check_free_space(Path(out).parent, lmdb_bytes(len(ids), 3 * store.size ** 2 + 32),
+                             f"the topic LMDB {out}")
         start = time.time()
         bar = Progress(len(ids), f"topic lmdb {Path(out).name}", enabled=progress)
         with atomic_dir(out) as tmp:
-            writer = LmdbWriter(tmp, expected_bytes=len(ids) * (3 * store.size ** 2 + 64))
+            writer = LmdbWriter(tmp, expected_bytes=len(ids) * (3 * store.size ** 2 + 64), final=out)
             datum = caffe_pb2.Datum()
             with store.env.begin(buffers=False) as txn:
                 for position, (image_id, label) in enumerate(zip(ids, labels)):
@@ -151,14 +157,29 @@ def build_topic_lmdb(store_path, ids, labels, out, progress=True, extra_meta=Non
     return meta
 
 
+def open_records(path, expected_format):
+    """(meta, lmdb Environment) of a pair or topic LMDB, after checking it is whole
+    (store.json, file size, record count, a few records: virality.imagestore.open_lmdb)."""
+    meta = read_meta(path, expected_format)
+    env = open_lmdb(path, entries=meta.get("records"))
+    channels = meta.get("channels")
+
+    def check(value):
+        chw, _ = parse_datum(value)
+        if chw.shape[0] != channels:
+            raise ValueError(f"{chw.shape[0]} channels, expected {channels}")
+
+    try:
+        check_records(env, path, [key(i) for i in spread(int(meta.get("records", 0)))], check)
+    except BaseException:
+        env.close()
+        raise
+    return meta, env
+
+
 def read_records(path, expected_format):
     """Iterate (C x H x W uint8, label) over a pair or topic LMDB in key order (for checks and tests)."""
-    import lmdb
-
-    from virality.imagestore import parse_datum
-
-    read_meta(path, expected_format)
-    env = lmdb.open(str(path), readonly=True, lock=False, subdir=True)
+    _, env = open_records(path, expected_format)
     try:
         with env.begin(buffers=False) as txn:
             for _, value in txn.cursor():

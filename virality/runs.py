@@ -458,21 +458,20 @@ class RunDir:
     def last_state(self):
         """(iteration, .solverstate) of the last complete snapshot, (0, None) when none.
 
-        A run killed while Caffe wrote a snapshot can leave a truncated file: a state that does
-        not parse, or whose caffemodel is missing, is passed over (and named)."""
-        from caffe.proto import caffe_pb2
-        from google.protobuf.message import DecodeError
+        A run killed while a snapshot was written can leave a truncated file: a state or
+        caffemodel that does not check out (virality.snapshots) is passed over, and named."""
+        from virality.snapshots import SnapshotError, check_caffemodel, read_solverstate
         states = snapshot_iterations(self.train_dir, self.prefix, "solverstate")
         for it in sorted(states, reverse=True):
-            state = caffe_pb2.SolverState()
             try:
-                state.ParseFromString(states[it].read_bytes())
-                ok = state.iter == it and len(state.history) > 0
-            except DecodeError:     # a truncated file
-                ok = False
-            if ok and (self.train_dir / f"{self.prefix}_iter_{it}.caffemodel").is_file():
-                return it, states[it]
-            say(f"{self.name}: {states[it].name} is incomplete (killed while it was written?); not resumed from")
+                info = read_solverstate(states[it])
+                if info["iter"] != it or not info["history"]:
+                    raise SnapshotError(f"{states[it]}: iteration {info['iter']}, {info['history']} history blobs")
+                check_caffemodel(self.train_dir / f"{self.prefix}_iter_{it}.caffemodel")
+            except (SnapshotError, OSError) as err:
+                say(f"{self.name}: not resuming from iteration {it}: {err}")
+                continue
+            return it, states[it]
         return 0, None
 
     def _tpvcnn_init(self):

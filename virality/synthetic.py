@@ -45,6 +45,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from virality.files import umask
+
 TOPICS = ("animals", "memes", "gaming", "pics", "other")
 #: Share of images in each topic (sums to 1).
 TOPIC_RATES = (0.22, 0.20, 0.15, 0.28, 0.15)
@@ -278,6 +280,7 @@ def generate_world(out_dir, config=WorldConfig(), overwrite=False):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())          # mkdtemp makes 0700: keep the user's umask instead
         attrs = sample_attributes(config)
         (tmp / "images").mkdir()
         names = [image_name(i) for i in range(config.num_images)]

@@ -9,6 +9,10 @@ What it adds to ``caffe train`` (which remains the faithful command-line path):
   alternative to the solver's fixed steps;
 - snapshots and exact resume: the random state of each iteration is a function
   of (seed, iteration), and Python feeds are told where to continue;
+- snapshots are complete or absent (written under a staging prefix, checked, then
+  renamed: virality.snapshots), a resume works after the run directory moved, and
+  SIGINT/SIGTERM stop the run after the current iteration with a snapshot there
+  (:class:`Interrupted`; docs/FAILURES.md);
 - a non-finite loss stops the run, naming the iteration; the last good snapshot
   is kept;
 - progress lines and a CSV log plus PNG curves.
@@ -17,6 +21,8 @@ import csv
 import gc
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +33,11 @@ from google.protobuf import text_format
 
 import caffe
 from caffe.proto import caffe_pb2
-from virality.files import write_text_atomic
+from virality.files import DiskError, check_free_space, load_npy, save_npy_atomic, write_text_atomic
+from virality.imagestore import open_lmdb
+from virality.outputs import OutputLock
 from virality.ranking import pairwise_accuracy
+from virality.snapshots import commit, prepare_staging, restorable, staging_prefix
 from virality.weights import read_net_param
 
 MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
@@ -36,6 +45,44 @@ MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
 
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped training; ``snapshot`` is the solverstate written at ``iteration``."""
+
+    def __init__(self, signum, iteration, snapshot):
+        self.signum, self.iteration, self.snapshot = signum, iteration, snapshot
+        super().__init__(f"{signal.Signals(signum).name} at iteration {iteration}; snapshot {snapshot}")
+
+
+class StopRequests:
+    """While active, SIGINT/SIGTERM only ask the loop to stop after the current iteration (``signum``);
+    the first one puts the previous handlers back, so a second one acts at once (snapshots being
+    staged, that leaves nothing incomplete under a final name)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        self._restore()
+
+    def _restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
 
 
 @dataclass
@@ -82,7 +129,7 @@ def count_test_records(net_param, workdir):
             source = Path(workdir) / layer.data_param.source
             if not source.exists():
                 raise FileNotFoundError(f"test data {source} not found; run `make data` first")
-            env = lmdb.open(str(source), readonly=True, lock=False)
+            env = open_lmdb(source)      # checked: a truncated LMDB is an error, not a SIGBUS in Caffe
             try:
                 return env.stat()["entries"]
             finally:
@@ -92,8 +139,19 @@ def count_test_records(net_param, workdir):
             path = Path(workdir) / pairs
             if not path.exists():
                 raise FileNotFoundError(f"test pairs {path} not found; run `make data` first")
-            return int(np.load(path, mmap_mode="r").shape[0])
+            return int(load_npy(path, mmap=True).shape[0])
     raise ValueError("the net has no TEST-phase data layer to validate on")
+
+
+def check_data_sources(net_param, workdir):
+    """Open every LMDB a Data layer of the net reads (either phase), checked (virality.imagestore.open_lmdb):
+    Caffe itself would die of SIGBUS, with no message, on a truncated one."""
+    for layer in net_param.layer:
+        if layer.type == "Data" and layer.data_param.source:
+            source = Path(workdir) / layer.data_param.source
+            if not source.exists():
+                raise FileNotFoundError(f"layer {layer.name}: data {source} not found; run `make data` first")
+            open_lmdb(source).close()
 
 
 def validate(test_net, num_records):
@@ -195,6 +253,19 @@ class CsvLog:
         self.file.close()
 
 
+#: history blobs a solver type keeps per learnable parameter (Caffe 1.0's solvers).
+HISTORY_BLOBS = {"SGD": 1, "Nesterov": 1, "AdaGrad": 1, "RMSProp": 1, "AdaDelta": 2, "Adam": 2}
+
+
+def snapshot_bytes(net, solver_type="SGD"):
+    """About the bytes of one snapshot: the caffemodel holds every layer's blobs (shared ones once per
+    layer), the solverstate the history of each distinct parameter."""
+    blobs = [b.data for layer in net.params.values() for b in layer]
+    distinct = {b.__array_interface__["data"][0]: b.nbytes for b in blobs}
+    history = HISTORY_BLOBS.get(solver_type or "SGD", 2) * sum(distinct.values())
+    return int(1.05 * (sum(b.nbytes for b in blobs) + history)) + (64 << 10)
+
+
 def write_effective_solver(param, out_dir):
     return write_text_atomic(Path(out_dir) / "solver.effective.prototxt", text_format.MessageToString(param))
 
@@ -220,11 +291,14 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.base.snapshot_prefix = str(self.out_dir / Path(self.base.snapshot_prefix or "model").name)
+        self.staged_prefix = staging_prefix(self.base.snapshot_prefix)   # Caffe writes here; commit() moves
+        self.snapshot_iter = self.last_state = None
         self.val_interval = config.val_interval or self.base.test_interval or 1000
         self.display = config.display or self.base.display or 20
         self.dropper = PlateauDropper(config.patience, config.min_delta)
         self.net_param = read_net_param(net_path)
         self.num_test = count_test_records(self.net_param, config.workdir)
+        check_data_sources(self.net_param, config.workdir)
 
     # -- solver construction ------------------------------------------------------------
     def _solver_param(self, drops):
@@ -234,6 +308,7 @@ class Trainer:
         param.test_interval = 10 ** 9
         param.test_initialization = False
         param.snapshot = 0
+        param.snapshot_prefix = str(self.staged_prefix)
         if self.cfg.lr_drops == "plateau":
             param.lr_policy = "fixed"
             param.base_lr = self.base.base_lr * (self.base.gamma or 0.1) ** drops
@@ -255,15 +330,28 @@ class Trainer:
         return p.base_lr
 
     def snapshot(self, solver):
+        """Write, check and move into place the snapshot of the current iteration; its solverstate."""
+        try:
+            check_free_space(self.out_dir, snapshot_bytes(solver.net, self.base.type),
+                             f"the snapshot at iteration {solver.iter}")
+        except DiskError as err:
+            raise DiskError(err.errno, f"{err}; stopped before writing it. The last complete snapshot: "
+                                       f"{self.last_state or 'none'}") from None
         solver.snapshot()
-        prefix = self.base.snapshot_prefix
-        state = Path(f"{prefix}_iter_{solver.iter}.solverstate")
-        np.save(self.out_dir / f"driver_iter_{solver.iter}.npy",
-                np.array([self.dropper.best, self.dropper.bad, self.dropper.drops], dtype=np.float64))
+        _, state = commit(self.staged_prefix, self.base.snapshot_prefix, solver.iter, solver.net)
+        save_npy_atomic(self.out_dir / f"driver_iter_{solver.iter}.npy",
+                        np.array([self.dropper.best, self.dropper.bad, self.dropper.drops], dtype=np.float64))
+        self.snapshot_iter, self.last_state = solver.iter, state
         return state
 
     # -- the loop ----------------------------------------------------------------------
     def run(self):
+        """Train (one run per output directory at a time: virality.outputs.OutputLock)."""
+        with OutputLock(self.out_dir):
+            prepare_staging(self.staged_prefix)
+            return self._run()
+
+    def _run(self):
         cfg = self.cfg
         if cfg.gpu is not None:
             caffe.set_device(cfg.gpu)
@@ -273,15 +361,21 @@ class Trainer:
         caffe.set_random_seed(cfg.seed)
         np.random.seed(cfg.seed)
 
-        restore = None
+        restore = restore_from = None
         if cfg.resume:
             restore = Path(cfg.resume)
+            restore_from, copied = restorable(restore, self.staged_prefix.parent)
+            if copied:
+                self.log(f"train: {restore} names weights that are gone (a moved run); restoring with "
+                         f"{restore.with_suffix('.caffemodel')} beside it")
             driver_state = restore.with_name(restore.name.replace(
                 Path(self.base.snapshot_prefix).name + "_iter_", "driver_iter_")).with_suffix(".npy")
             if driver_state.exists():
                 best, bad, drops = np.load(driver_state)
                 self.dropper.load(dict(best=float(best), bad=int(bad), drops=int(drops)))
-        solver = self._make_solver(self.dropper.drops, restore)
+        solver = self._make_solver(self.dropper.drops, restore_from)
+        if restore_from is not None and restore_from != restore:
+            restore_from.unlink()
         if cfg.weights and not restore:
             for w in cfg.weights:
                 solver.net.copy_from(str(w))
@@ -300,9 +394,12 @@ class Trainer:
                  f"validation every {self.val_interval} on {self.num_test} test records, "
                  f"lr drops: {cfg.lr_drops}, out: {self.out_dir}")
         last_good = restore
+        self.snapshot_iter, self.last_state = (start, restore) if restore else (None, None)
         t0 = time.time()
         window_losses, window_acc, window_t = [], [], time.time()
+        stop = StopRequests()
         try:
+            stop.__enter__()
             while solver.iter < max_iter:
                 it = solver.iter
                 caffe.set_random_seed(cfg.seed * 1000003 + it)
@@ -353,8 +450,14 @@ class Trainer:
                 snap = self.base.snapshot
                 if snap and done % snap == 0 and done != max_iter:
                     last_good = self.snapshot(solver)
-            last_good = self.snapshot(solver)
+                if stop.signum is not None and done != max_iter:
+                    if self.snapshot_iter != done:
+                        last_good = self.snapshot(solver)
+                    raise Interrupted(stop.signum, done, last_good)
+            if self.snapshot_iter != solver.iter:
+                last_good = self.snapshot(solver)
         finally:
+            stop.__exit__()
             csv_log.close()
             # Free Caffe (and its Python layers) now, while the interpreter is whole: a solver
             # kept alive by an exception's traceback until shutdown crashes in its destructor.

@@ -23,7 +23,9 @@
 Both accept comma- or tab-separated files (the header decides) with a header row.
 """
 import csv
+import io
 import json
+import posixpath
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -33,6 +35,8 @@ from virality.pairs import balanced_labels, orient_pairs, split_by_median
 
 SCORES_FILE = "scores.csv"
 PAIRS_FILE = "pairs.csv"
+#: the csv module's field limit (characters): a longer field is an error naming its line.
+MAX_FIELD = csv.field_size_limit()
 
 
 def resolve_table(data_dir, default_name, what):
@@ -48,24 +52,51 @@ def resolve_table(data_dir, default_name, what):
     return path, path.parent
 
 
+def read_rows(path):
+    """All rows of a UTF-8 comma- or tab-separated file (the header line decides), as lists of str.
+
+    Raises a ValueError naming the file and line for bytes that are not UTF-8, a field
+    longer than MAX_FIELD characters, or malformed quoting."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8 text (byte {data[err.start]:#04x} at offset "
+                         f"{err.start}); save the table as UTF-8") from None
+    header_line = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in header_line else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            rows.append(row)
+    except csv.Error as err:
+        raise ValueError(f"{path}: line {reader.line_num}: {err} (fields are limited to {MAX_FIELD} characters)") \
+            from None
+    return rows
+
+
 def read_table(path, required, optional=(), aliases=None):
     """Read a header + rows table into {column: list of str} with 1-based line numbers.
 
     Columns are matched case-insensitively; ``aliases`` maps a canonical name to
     accepted alternatives (e.g. TPIC2017's ``pid``/``uid``/``logview``). Raises a
-    ValueError naming the file when a required column is missing, a row has the
-    wrong number of fields, or the table has no rows.
+    ValueError naming the file when a required column is missing, a column name is
+    repeated, a row has the wrong number of fields, or the table has no rows
+    (and, from ``read_rows``, the line of bad bytes or an over-long field).
     """
     aliases = aliases or {}
     path = Path(path)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header_line = f.readline()
-        if not header_line.strip():
-            raise ValueError(f"{path}: empty file; expected a header row with columns {', '.join(required)}")
-        delimiter = "\t" if "\t" in header_line else ","
-        f.seek(0)
-        rows = list(csv.reader(f, delimiter=delimiter))
+    rows = read_rows(path)
+    if not rows or not any(c.strip() for c in rows[0]):
+        raise ValueError(f"{path}: empty file; expected a header row with columns {', '.join(required)}")
     header = [h.strip().lower() for h in rows[0]]
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:
+        raise ValueError(f"{path}: line 1: the header names column(s) {', '.join(map(repr, repeated))} more than "
+                         "once; rename or remove the repeats")
     columns = {}
     for name in tuple(required) + tuple(optional):
         for candidate in (name,) + tuple(aliases.get(name, ())):
@@ -104,17 +135,34 @@ def parse_floats(values, lines, path, column):
     return out
 
 
+def image_name(name, line, path):
+    """An image name as a normalised relative POSIX path (``./a.jpg`` and ``a//a.jpg`` -> ``a.jpg``).
+
+    Raises a ValueError naming the file and line for an empty or absolute name or one with '..'."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if not name or p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"{path}: line {line}: image {name!r} must be a file name relative to the image "
+                         f"directory (no absolute path, no '..')")
+    normal = posixpath.normpath(p.as_posix())
+    if normal in (".", ""):
+        raise ValueError(f"{path}: line {line}: image {name!r} names the image directory, not a file")
+    return normal
+
+
 def check_image_names(names, lines, path):
-    """Image names must be relative paths inside the image directory, each listed once."""
+    """Image names must be relative paths inside the image directory, each listed once (after
+    normalisation, so ``./a.jpg`` and ``a.jpg`` are one image). Returns the normalised names."""
     seen = {}
+    out = []
     for name, line in zip(names, lines):
-        p = PurePosixPath(name.replace("\\", "/"))
-        if not name or p.is_absolute() or ".." in p.parts:
-            raise ValueError(f"{path}: line {line}: image {name!r} must be a file name relative to the image "
-                             f"directory (no absolute path, no '..')")
-        if name in seen:
-            raise ValueError(f"{path}: image {name!r} is listed twice (lines {seen[name]} and {line})")
-        seen[name] = line
+        normal = image_name(name, line, path)
+        if normal in seen:
+            first, where = seen[normal]
+            same = f"{first!r} and {name!r} name the same file" if first != name else f"image {name!r} is listed twice"
+            raise ValueError(f"{path}: {same} (lines {where} and {line})")
+        seen[normal] = (name, line)
+        out.append(normal)
+    return out
 
 
 def label_index(values, names=None):
@@ -204,7 +252,7 @@ def load_scores_csv(data_dir, images=None, name="scores-csv", synthetic=False, t
     path, base = resolve_table(data_dir, table, name)
     t = read_table(path, ("image", "score"), ("topic", "user"))
     lines = t["_line"]
-    check_image_names(t["image"], lines, path)
+    t["image"] = check_image_names(t["image"], lines, path)
     scores = parse_floats(t["score"], lines, path, "score")
     order = sorted(range(len(lines)), key=lambda i: t["image"][i])
     names = np.array([t["image"][i] for i in order], dtype=object)
@@ -271,8 +319,7 @@ def load_pairs_csv(data_dir, images=None, name="pairs-csv", table=PAIRS_FILE, se
     t = read_table(path, ("image_a", "image_b", "label"))
     lines = t["_line"]
     for col in ("image_a", "image_b"):
-        for v, line in zip(t[col], lines):
-            check_image_names([v], [line], path)
+        t[col] = [image_name(v, line, path) for v, line in zip(t[col], lines)]
     names = np.array(sorted(set(t["image_a"]) | set(t["image_b"])), dtype=object)
     index = {n: i for i, n in enumerate(names)}
     a = np.array([index[v] for v in t["image_a"]], dtype=np.int64)

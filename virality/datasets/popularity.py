@@ -122,7 +122,7 @@ def load(data_dir, images=None, image_ext=".jpg", seed=0, test_fraction=0.5, min
     t = read_table(path, ("image", "user", "score"), aliases=ALIASES)
     lines = t["_line"]
     names = [n if Path(n).suffix else n + image_ext for n in t["image"]]
-    check_image_names(names, lines, path)
+    names = check_image_names(names, lines, path)
     scores = parse_floats(t["score"], lines, path, "score")
     users = user_ids(t["user"], path)
     order = sorted(range(len(names)), key=names.__getitem__)
