@@ -219,6 +219,17 @@ def test_plan_runner_skips_finished_runs_and_resumes_an_interrupted_one(root, tw
     assert third.stdout.count("finished, skipped") == 2
     assert "make_data" not in third.stdout and "train:" not in third.stdout
 
+    # Data rebuilt since a run finished: it is still skipped, but said loudly and marked in the table.
+    record = json.loads((out / "tiny_pvcnn-random/run.json").read_text())
+    record["data_digests"][next(iter(record["data_digests"]))] = "0" * 64
+    (out / "tiny_pvcnn-random/run.json").write_text(json.dumps(record))
+    fourth = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert fourth.returncode == 0, fourth.stderr
+    assert "WARNING" in fourth.stdout and "trained on other data" in fourth.stdout
+    marked = [line for line in (out / "report.md").read_text().splitlines()
+              if line.startswith("| ") and "(data rebuilt since)" in line]
+    assert len(marked) == 1 and "tiny_pvcnn-random/eval/report.md) (data rebuilt since)" in marked[0]
+
 
 def test_small_test_sets_are_warned_about():
     from virality.runs import small_test_warning

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virality.files import write_text_atomic
-from virality.runs import RunDir, RunError, RunSpec
+from virality.runs import DataChanged, RunDir, RunError, RunSpec
 
 #: Table 1's setting columns, in the paper's order.
 BASE_SETTINGS = ("complete", "top_bottom", "random")
@@ -154,9 +154,15 @@ class PlanRunner:
         pending = [r for r in runs if not r.finished]
         summaries = self.build_data() if pending else {}
         self._write_plan(runs)
+        stale = set()
         for index, (e, r) in enumerate(zip(self.entries, runs), 1):
             if r.finished:
-                r.check_data()
+                try:
+                    r.check_data()
+                except DataChanged as err:
+                    # Its numbers stand for the data it was trained on; the table marks them.
+                    stale.add(e.name)
+                    self.log(f"WARNING: {err}")
                 self.log(f"[{index}/{len(runs)}] {e.name}: finished, skipped ({_headline(r)})")
                 continue
             self.log(f"[{index}/{len(runs)}] {e.name}: {e.spec.model} on {e.spec.data.dataset}/{e.spec.setting}")
@@ -173,8 +179,12 @@ class PlanRunner:
                   log=lambda m: self.log(f"    {m}"))
             self.done_iters[e.name] = planned_iterations(e.spec)
             self.log(f"[{index}/{len(runs)}] {e.name}: done ({_headline(r)})")
-        report = write_table(runs, self.entries, self.out_dir, self.title,
-                             notes=[f"this call: {time.time() - started:.0f} s"])
+        notes = [f"this call: {time.time() - started:.0f} s"]
+        if stale:
+            notes.append(f"{STALE_MARK} the data these runs read has been rebuilt since they ran (a changed input or "
+                         f"builder: {', '.join(sorted(stale))}); their numbers are for the data they were trained on "
+                         "(run.json holds its digests). A new plan directory (--out) retrains on the current data.")
+        report = write_table(runs, self.entries, self.out_dir, self.title, notes=notes, stale=stale)
         self.log(f"table: {report}")
         return report
 
@@ -205,7 +215,10 @@ def _headline(run):
 
 # ------------------------------------------------------------------------------------- the table
 
-def _cell(run, rel):
+STALE_MARK = "(data rebuilt since)"
+
+
+def _cell(run, rel, stale=()):
     ev = run.status().get("evaluated") if run is not None else None
     if not ev or ev.get("value") is None:
         return "not run"
@@ -213,7 +226,7 @@ def _cell(run, rel):
         text = f"rho {100 * ev['value']:.2f}"
     else:
         text = f"{100 * ev['value']:.2f} ({100 * ev['low']:.2f}-{100 * ev['high']:.2f})"
-    return f"[{text}]({rel}/eval/report.md)"
+    return f"[{text}]({rel}/eval/report.md)" + (f" {STALE_MARK}" if rel in stale else "")
 
 
 def _pct(x):
@@ -224,7 +237,7 @@ def base_setting(name):
     return name[:-len(DISJOINT)] if name.endswith(DISJOINT) else name
 
 
-def table_markdown(runs, entries, title, notes=()):
+def table_markdown(runs, entries, title, notes=(), stale=()):
     """One table: per ranking model and base setting, the image-disjoint and the paper-protocol run
     (ours, 95% Wilson interval) beside the paper's number; then the Topic-CNNs."""
     by = {(e.spec.model, e.spec.setting, e.spec.data.dataset): (e, r) for e, r in zip(entries, runs)}
@@ -250,7 +263,7 @@ def table_markdown(runs, entries, title, notes=()):
         paper = None
         for setting in (base + DISJOINT, base):
             e, r = by.get((model, setting, dataset), (None, None))
-            cells.append(_cell(r, e.name) if e else "-")
+            cells.append(_cell(r, e.name, stale) if e else "-")
             if r is not None and r.done("evaluated") and r.status()["evaluated"].get("paper") is not None:
                 paper = r.status()["evaluated"]["paper"]
         lines.append(f"| {model} | {dataset} | {base} | {cells[0]} | {cells[1]} | {_pct(paper)} |")
@@ -261,13 +274,15 @@ def table_markdown(runs, entries, title, notes=()):
         for e, r in topics:
             ev = r.status().get("evaluated", {})
             acc = "not run" if ev.get("value") is None else f"{100 * ev['value']:.2f}"
+            if e.name in stale:
+                acc += f" {STALE_MARK}"
             lines.append(f"| {e.spec.model} | {e.spec.data.dataset} | {', '.join(e.serves) or e.spec.setting} | {acc} | "
                          f"[{e.name}]({e.name}/run.json) |")
     lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_table(runs, entries, out_dir, title, notes=()):
+def write_table(runs, entries, out_dir, title, notes=(), stale=()):
     """report.md (the table), results.json (every run's evaluation) and accuracy.png in out_dir."""
     from virality.evaluation import Result, plot_results
     out_dir = Path(out_dir)
@@ -280,7 +295,7 @@ def write_table(runs, entries, out_dir, title, notes=()):
         if ev and ev.get("metric") != "topic_accuracy" and path.is_file():
             results += [Result(**row) for row in json.loads(path.read_text())]
     notes = list(notes) + [topic_note(results)] if results else list(notes)
-    md = write_text_atomic(out_dir / "report.md", table_markdown(runs, entries, title, notes))
+    md = write_text_atomic(out_dir / "report.md", table_markdown(runs, entries, title, notes, stale))
     write_text_atomic(out_dir / "results.json", json.dumps(rows, indent=2, default=str) + "\n")
     if results:
         plot_results(results, out_dir / "accuracy.png", title)
