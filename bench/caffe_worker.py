@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import hardware  # noqa: E402
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 import caffe  # noqa: E402
@@ -46,52 +47,59 @@ class _DlInfo(ctypes.Structure):
                 ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
 
 
-def _mapped(pattern):
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            parts = line.split()
-            if len(parts) >= 6 and pattern in os.path.basename(parts[-1]):
-                return parts[-1]
-    return None
+#: The names libcaffe may import cblas_sgemm by: a prefixed BLAS (engine patch 0006, the
+#: scipy-openblas32 wheel: scipy_cblas_sgemm), 64-bit-integer builds, or the plain name.
+SGEMM_NAMES = ("scipy_cblas_sgemm", "scipy_cblas_sgemm64_", "cblas_sgemm64_", "cblas_sgemm")
 
 
-def blas_library():
-    """Path of the library that provides libcaffe's cblas_sgemm in this process.
+def sgemm_name(libcaffe):
+    """The cblas_sgemm symbol libcaffe imports: the one named in its dynamic string table.
+
+    (Asking for plain cblas_sgemm would find Debian's OpenBLAS, which OpenCV pulls into
+    every Caffe process, even when libcaffe calls a prefixed one.)"""
+    data = Path(libcaffe).read_bytes()
+    for name in SGEMM_NAMES:
+        if b"\0" + name.encode() + b"\0" in data:
+            return name
+    raise RuntimeError(f"{libcaffe}: imports none of {', '.join(SGEMM_NAMES)}")
+
+
+def blas_sgemm():
+    """(library path, symbol name) of the cblas_sgemm libcaffe calls in this process.
 
     dlsym on libcaffe's handle resolves the symbol the way libcaffe's own calls bind
     (libcaffe, then its dependencies in load order); dladdr names the file. On Debian
     OpenCV also pulls in libblas.so.3, so "whichever BLAS is mapped" is not enough.
     """
-    libcaffe = _mapped("libcaffe.so")
+    libcaffe = next(iter(hardware.mapped_libraries(r"^libcaffe\.so")), None)
     if not libcaffe:
-        return None
-    fn = ctypes.CDLL(libcaffe).cblas_sgemm
+        return None, None
+    name = sgemm_name(libcaffe)
+    fn = getattr(ctypes.CDLL(libcaffe), name)
     info = _DlInfo()
     libdl = ctypes.CDLL(None)
     libdl.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
     if not libdl.dladdr(ctypes.cast(fn, ctypes.c_void_p), ctypes.byref(info)):
-        return None
-    return info.dli_fname.decode()
+        return None, None
+    return info.dli_fname.decode(), name
+
+
+def blas_library():
+    """Path of the library that provides libcaffe's cblas_sgemm in this process."""
+    return blas_sgemm()[0]
 
 
 def blas_info():
+    """The BLAS libcaffe calls: library, configuration, the kernel family it runs (OpenBLAS:
+    openblas_get_corename of that very library; MKL: its dispatch branch), threads."""
     path = blas_library()
-    info = {"library": path, "real_path": os.path.realpath(path) if path else None}
     if not path:
-        return info
-    lib = ctypes.CDLL(path)
-    if hasattr(lib, "openblas_get_config"):
-        lib.openblas_get_config.restype = ctypes.c_char_p
-        lib.openblas_get_corename.restype = ctypes.c_char_p
-        info.update(kind="OpenBLAS", config=lib.openblas_get_config().decode(),
-                    kernels=lib.openblas_get_corename().decode(),
-                    threads=lib.openblas_get_num_threads())
-    elif hasattr(lib, "MKL_Get_Version_String"):
-        buf = ctypes.create_string_buffer(256)
-        lib.MKL_Get_Version_String(buf, 256)
-        info.update(kind="MKL", config=buf.value.decode().strip(), threads=lib.MKL_Get_Max_Threads())
-        # Which code path MKL dispatches to: from its verbose line of one small call.
-        info["kernels"] = mkl_code_path(lib)
+        return {"library": None, "real_path": None}
+    info = hardware.describe(path)
+    info["real_path"] = os.path.realpath(path)
+    info["sgemm_symbol"] = blas_sgemm()[1]
+    if info.get("kind") == "MKL":
+        info["kernels"] = mkl_code_path(ctypes.CDLL(path))
     return info
 
 
@@ -105,7 +113,7 @@ def mkl_code_path(lib):
         lib.MKL_Verbose(1)
         a = np.ones((8, 8), np.float32)
         c = np.zeros((8, 8), np.float32)
-        _sgemm_call(lib, NO_TRANS, NO_TRANS, 8, 8, 8, a, a, c)
+        _sgemm_call(getattr(lib, blas_sgemm()[1]), NO_TRANS, NO_TRANS, 8, 8, 8, a, a, c)
         lib.MKL_Verbose(0)
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -120,23 +128,33 @@ def mkl_code_path(lib):
         return f"unknown ({err})"
 
 
-def _sgemm_call(lib, ta, tb, m, n, k, a, b, c):
+def _sgemm_call(sgemm, ta, tb, m, n, k, a, b, c):
     lda = a.shape[1]
     ldb = b.shape[1]
-    lib.cblas_sgemm(ROW_MAJOR, ta, tb, m, n, k, ctypes.c_float(1.0),
+    sgemm(ROW_MAJOR, ta, tb, m, n, k, ctypes.c_float(1.0),
                     a.ctypes.data_as(ctypes.c_void_p), lda, b.ctypes.data_as(ctypes.c_void_p), ldb,
                     ctypes.c_float(0.0), c.ctypes.data_as(ctypes.c_void_p), n)
+
+
+def numpy_gemm_gflops(size=2048, min_time=0.3, repeats=2):
+    """float32 GEMM rate of numpy's own BLAS (np.matmul), in this process."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    c = np.empty((size, size), np.float32)
+    s = common.time_call(lambda: np.matmul(a, b, out=c), min_time, repeats)
+    return 2.0 * size ** 3 / s / 1e9
 
 
 class Gemm:
     """Times cblas_sgemm calls of given shapes on the loaded BLAS."""
 
     def __init__(self):
-        path = blas_library()
+        path, name = blas_sgemm()
         if not path:
             raise RuntimeError("no BLAS library found in this process")
-        self.lib = ctypes.CDLL(path)
-        self.lib.cblas_sgemm.restype = None
+        self.sgemm = getattr(ctypes.CDLL(path), name)
+        self.sgemm.restype = None
         self.cache = {}
 
     def seconds(self, ta, tb, m, n, k, min_time=0.05, repeats=3):
@@ -147,23 +165,7 @@ class Gemm:
         a = rng.standard_normal((k, m) if ta == TRANS else (m, k), dtype=np.float32)
         b = rng.standard_normal((n, k) if tb == TRANS else (k, n), dtype=np.float32)
         c = np.zeros((m, n), np.float32)
-        _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
-        calls = 1
-        while True:                      # calibrate: enough calls for ~min_time / 3
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
-            dt = time.perf_counter() - t0
-            if dt >= min_time / 3 or calls >= 4096:
-                break
-            calls *= 4
-        best = [dt / calls]
-        for _ in range(repeats - 1):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                _sgemm_call(self.lib, ta, tb, m, n, k, a, b, c)
-            best.append((time.perf_counter() - t0) / calls)
-        self.cache[key] = min(best)
+        self.cache[key] = common.time_call(lambda: _sgemm_call(self.sgemm, ta, tb, m, n, k, a, b, c), min_time, repeats)
         return self.cache[key]
 
 
@@ -180,7 +182,8 @@ def random_inputs(net, seed=0):
 
 
 def task_info(args):
-    return {"caffe": caffe.__file__, "blas": blas_info()}
+    return {"caffe": caffe.__file__, "blas": blas_info(), "numpy_blas": hardware.numpy_blas(),
+            "cpu": hardware.cpu()}
 
 
 def task_gemm(args):
@@ -227,17 +230,19 @@ def task_train(args):
                 update.append(time.perf_counter() - t0)
         loss = float(net.blobs["loss"].data)
     # The GEMM rate in this process, right after: the ceiling under the same conditions.
-    gemm = []
+    # numpy's own BLAS right after it: a candidate for the honest ceiling (bench/report.py).
+    gemm, numpy_gemm = [], []
     if args.gemm:
         g = Gemm()
         s = g.seconds(NO_TRANS, NO_TRANS, 2048, 2048, 2048, min_time=0.3, repeats=2)
         gemm.append(2.0 * 2048 ** 3 / s / 1e9)
+        numpy_gemm.append(numpy_gemm_gflops())
     # A step is iter_size forward+backward passes (gradient accumulation, e.g. VGG-19's solver).
     iter_size = max(1, solver_iter_size(args.model))
     return {"model": args.model, "pairs": args.pairs, "iter_size": iter_size,
             "pairs_per_step": args.pairs * iter_size, "step_s": steps, "fwdbwd_s": fwdbwd,
-            "update_s": update, "gemm_gflops": gemm, "loss": loss, "flops": flops,
-            "blas": blas_info(), "loadavg": os.getloadavg()}
+            "update_s": update, "gemm_gflops": gemm, "numpy_gemm_gflops": numpy_gemm, "loss": loss, "flops": flops,
+            "blas": blas_info(), "numpy_blas": hardware.numpy_blas(), "loadavg": os.getloadavg()}
 
 
 def solver_iter_size(model):
@@ -361,17 +366,29 @@ def gemm_calls(net, net_param, batched):
 
 
 def task_layers(args):
-    with tempfile.TemporaryDirectory() as tmp:
-        net_path = _timing_net(args, tmp)
-        net = caffe.Net(str(net_path), caffe.TRAIN)
+    """Per-layer times of the training net (forward and backward), or with --deploy-batch N of
+    the deploy net at batch N (forward only: inference)."""
+    deploy = args.deploy_batch > 0
+    if deploy:
+        net_path = common.deploy_net_path(args.model)
+        net = caffe.Net(str(net_path), caffe.TEST)
+        crop = common.CROP[common.arch_of(args.model)]
+        net.blobs["data"].reshape(args.deploy_batch, 3, crop, crop)
+        net.reshape()
         net_param = net_param_of(net_path)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            net_path = _timing_net(args, tmp)
+            net = caffe.Net(str(net_path), caffe.TRAIN)
+            net_param = net_param_of(net_path)
     random_inputs(net)
     names = list(net._layer_names)
     types = [l.type for l in net.layers]
     nl = len(names)
     for _ in range(args.warmup):
         net.forward()
-        net.backward()
+        if not deploy:
+            net.backward()
     fwd = {n: [] for n in names}
     bwd = {n: [] for n in names}
     total = []
@@ -381,7 +398,7 @@ def task_layers(args):
             t0 = time.perf_counter()
             net._forward(i, i)
             fwd[names[i]].append(time.perf_counter() - t0)
-        for i in reversed(range(nl)):
+        for i in reversed(range(nl) if not deploy else []):
             t0 = time.perf_counter()
             net._backward(i, i)
             bwd[names[i]].append(time.perf_counter() - t0)
@@ -392,13 +409,14 @@ def task_layers(args):
     model = {}
     for name, (fc, bc) in gemm_calls(net, net_param, batched).items():
         f = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in fc)
-        b = sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in bc)
+        b = 0.0 if deploy else sum(g.seconds(ta, tb, m, n, k) * cnt for ta, tb, m, n, k, cnt in bc)
         model[name] = (f, b)
     layers = [{"name": n, "type": t,
-               "forward_s": common.median(fwd[n]), "backward_s": common.median(bwd[n]),
+               "forward_s": common.median(fwd[n]), "backward_s": common.median(bwd[n]) if bwd[n] else 0.0,
                "gemm_forward_s": model.get(n, (0.0, 0.0))[0], "gemm_backward_s": model.get(n, (0.0, 0.0))[1]}
               for n, t in zip(names, types)]
-    return {"model": args.model, "pairs": args.pairs, "total_s": total, "layers": layers,
+    return {"model": args.model, "pairs": args.pairs, "deploy_batch": args.deploy_batch, "total_s": total,
+            "layers": layers,
             "batched_convolution": batched, "flops": flop_count(net, net_param), "blas": blas_info()}
 
 
@@ -413,6 +431,8 @@ def main():
     ap.add_argument("--what", default="step,fwdbwd")
     ap.add_argument("--sizes", type=int, nargs="*", default=[2048])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--deploy-batch", type=int, default=0,
+                    help="layers: time the deploy net's forward at this batch instead of the training net")
     ap.add_argument("--gemm", type=int, default=1, help="train: also time a 2048^3 GEMM (1) or not (0)")
     ap.add_argument("--gpu", type=int, help="run on this GPU (bench/gpu.sh); default CPU")
     args = ap.parse_args()
@@ -421,12 +441,7 @@ def main():
         caffe.set_mode_gpu()
     result = globals()[f"task_{args.task}"](args)
     result["task"] = args.task
-    result["env"] = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
-                                                  "OPENBLAS_THREAD_TIMEOUT", "CAFFE_CPU_THREADS",
-                                                  "CAFFE_CONV_WORKSPACE_MB",
-                                                  "MKL_NUM_THREADS", "OMP_NUM_THREADS",
-                                                  "MKL_ENABLE_INSTRUCTIONS", "MKL_THREADING_LAYER")
-                     if k in os.environ}
+    result["env"] = hardware.blas_environment()
     sys.stdout.flush()
     print(json.dumps(result))
 

@@ -7,6 +7,7 @@ import json
 import os
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +136,28 @@ def solver_for(model, net_path, out_path):
     return out_path
 
 
-# ---- statistics ----
+# ---- timing and statistics ----
+
+def time_call(fn, min_time, repeats):
+    """Seconds per call of ``fn()``: calibrated to ~min_time / 3 per batch of calls, best of ``repeats``."""
+    fn()
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_time / 3 or calls >= 4096:
+            break
+        calls *= 4
+    best = [dt / calls]
+    for _ in range(repeats - 1):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best.append((time.perf_counter() - t0) / calls)
+    return min(best)
+
 
 def median(xs):
     return statistics.median(xs) if xs else float("nan")

@@ -34,11 +34,14 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import hardware  # noqa: E402
+import predict_e2e  # noqa: E402
 from common import ROOT, median  # noqa: E402
 
 PY = sys.executable
@@ -125,7 +128,10 @@ class Runner:
         self.engines = engines
 
     def caffe(self, engine, args, env=None, timeout=1800):
-        return common.run_json([PY, WORKER] + [str(a) for a in args],
+        return self.caffe_script(engine, WORKER, args, env, timeout)
+
+    def caffe_script(self, engine, script, args, env=None, timeout=1800):
+        return common.run_json([PY, str(script)] + [str(a) for a in args],
                                common.engine_env(self.engines[engine], env), timeout=timeout)
 
 
@@ -156,12 +162,11 @@ def sh(cmd):
 
 
 def machine_info():
-    cpu = sh("lscpu | sed -n 's/^Model name: *//p'") or platform.processor()
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if re.search(rf"\b{f}\b", flags)]
+    cpu = hardware.cpu()
     mem = sh("free -g | awk '/Mem:/ {print $2}'")
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "isa": isa, "memory_gib": mem,
+        "cpu": cpu["model_name"], "cpu_info": cpu, "cpu_key": hardware.cpu_key(cpu), "cores": os.cpu_count(),
+        "isa": cpu["flags"], "blas_env": hardware.blas_environment(), "memory_gib": mem,
         "os": sh(". /etc/os-release && echo $PRETTY_NAME"), "kernel": platform.release(),
         "python": platform.python_version(), "gcc": sh("g++ --version | head -1"),
         "loadavg_start": sh("cat /proc/loadavg"),
@@ -181,8 +186,11 @@ def main():
     ap.add_argument("--no-discover", action="store_true", help="do not look for other engines in the cache")
     ap.add_argument("--variant", action="append", default=[], help="LABEL=ENGINE[:VAR=VAL,...]")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--sections", default="alexnet,models,infer,layers,feeds",
-                    help="comma-separated subset of alexnet,models,infer,layers,feeds, plus gemm (a standalone GEMM rate per variant); alexnet always runs")
+    ap.add_argument("--sections", default="alexnet,models,infer,predict,layers,feeds",
+                    help="comma-separated subset of alexnet,models,infer,predict,layers,feeds, plus gemm (a standalone "
+                         "GEMM rate per variant); alexnet always runs; predict needs infer")
+    ap.add_argument("--predict-images", type=int, default=None,
+                    help="photos in the tools/predict.py folder (default 256; 128 with --quick)")
     args = ap.parse_args()
 
     quick = args.quick
@@ -202,7 +210,15 @@ def main():
     runner = Runner(engines)
 
     log(f"engines: {engines}")
+    machine = machine_info()
+    log(f"CPU: {hardware.cpu_title(machine['cpu_info'])}; "
+        + (f"OPENBLAS_CORETYPE={machine['blas_env']['OPENBLAS_CORETYPE']} (set by the environment, left as it is)"
+           if "OPENBLAS_CORETYPE" in machine["blas_env"] else "OPENBLAS_CORETYPE not set"))
     infos = {name: runner.caffe(name, ["info"]) for name in engines}
+    for name, info in infos.items():
+        b, nb = info["blas"], info.get("numpy_blas") or {}
+        log(f"BLAS of engine {name}: {b.get('config', b.get('library'))} (kernels {b.get('kernels', '?')}); "
+            f"numpy's: {nb.get('config', nb.get('kind', '?'))} (kernels {nb.get('kernels', '?')})")
     for name in engines:
         infos[name]["build"] = read_build_info(engines[name])
         infos[name]["path"] = str(Path(engines[name]).resolve())
@@ -215,7 +231,7 @@ def main():
     else:
         log(f"PyTorch skipped: {tnote}")
 
-    res = {"machine": machine_info(), "engines": infos, "variants": variants, "torch": tnote if tpy else None,
+    res = {"machine": machine, "engines": infos, "variants": variants, "torch": tnote if tpy else None,
            "torch_note": None if tpy else tnote, "command": " ".join(shlex.quote(a) for a in sys.argv),
            "quick": quick, "rounds": rounds, "pairs": args.pairs,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
@@ -241,8 +257,10 @@ def main():
                 v["engine"], ["train", "--model", "alexnet_pvcnn", "--pairs", args.pairs,
                               "--iters", it_alex, "--warmup", 1], v["env"]))
         if tpy:
-            torch_res.append(run_torch(tpy, ["--pairs", args.pairs, "--iters", it_alex, "--warmup", 1,
-                                             "--infer-batch", 16, "--infer-iters", 3]))
+            torch_res.append(run_torch(tpy, ["--pairs", args.pairs, "--iters", it_alex, "--warmup", 1]))
+            if r == 0:
+                tb = torch_res[0]["blas"]
+                log(f"PyTorch's BLAS: {tb['config']} (kernels {tb['kernels']})")
         log(f"  round {r + 1}/{rounds}: " + ", ".join(
             f"{k} {median(alex[k][-1]['step_s']):.2f} s" for k in alex)
             + (f", torch {median(torch_res[-1]['step_s']):.2f} s" if tpy else ""))
@@ -264,17 +282,43 @@ def main():
                                                           "--iters", it, "--warmup", 1], base["env"]))
     res["models"] = other
 
-    # 4. Inference (deploy nets), interleaved.
+    # 4. Inference (deploy nets), interleaved; PyTorch's AlexNet tower and tools/predict.py end to end
+    # on real photos right after Caffe's AlexNet forward, in the same round.
     infer_models = [("tiny_pvcnn", 256, 10), ("alexnet_pvcnn", 32, 3)]
     if not quick:
         infer_models.append(("vgg19_pvcnn", 4, 2))
-    log("inference: " + ", ".join(f"{m} (batch {b})" for m, b, _ in infer_models))
+    log("inference: " + ", ".join(f"{m} (batch {b})" for m, b, _ in infer_models)
+        + (" + PyTorch" if tpy else "") + (" + tools/predict.py end to end" if "predict" in sections else ""))
     infer = {m: [] for m, _, _ in infer_models}
-    for r in range(rounds if "infer" in sections else 0):
-        for m, b, it in infer_models:
-            infer[m].append(runner.caffe(base["engine"], ["infer", "--model", m, "--batch", b,
-                                                          "--iters", it, "--warmup", 1], base["env"]))
+    torch_infer = []
+    predict = {}
+    with tempfile.TemporaryDirectory(prefix="virality-bench-predict-") as pdir:
+        if "predict" in sections and "infer" in sections:
+            n_photos = args.predict_images or (128 if quick else 256)
+            try:
+                predict["setup"] = runner.caffe_script(base["engine"], predict_e2e.__file__,
+                                                       ["setup", "--dir", pdir, "--images", n_photos], base["env"])
+                predict["rounds"] = []
+            except RuntimeError as err:
+                predict = {"error": str(err).splitlines()[0][:300]}
+                log(f"tools/predict.py not measured: {err}")
+        for r in range(rounds if "infer" in sections else 0):
+            for m, b, it in infer_models:
+                infer[m].append(runner.caffe(base["engine"], ["infer", "--model", m, "--batch", b,
+                                                              "--iters", it, "--warmup", 1], base["env"]))
+                if m != "alexnet_pvcnn":
+                    continue
+                if tpy:
+                    torch_infer.append(run_torch(tpy, ["--infer-only", "--infer-batch", b, "--infer-iters", it,
+                                                       "--gemm", 0]))
+                if "rounds" in predict:
+                    env = common.engine_env(runner.engines[base["engine"]], base["env"])
+                    predict["rounds"].append({
+                        "one_batch_s": predict_e2e.time_cli(PY, pdir, "photos_one_batch", env),
+                        "all_s": predict_e2e.time_cli(PY, pdir, "photos", env)})
     res["infer"] = {m: v for m, v in infer.items() if v}
+    res["torch_infer"] = torch_infer
+    res["predict"] = predict
     res["models"] = {m: v for m, v in other.items() if v}
 
     # 5. Where the time goes: per-layer breakdown + GEMM model (project engine).
@@ -285,6 +329,11 @@ def main():
         "tiny_pvcnn": runner.caffe(base["engine"], ["layers", "--model", "tiny_pvcnn", "--pairs", 16,
                                                     "--iters", 10], base["env"]),
     }
+    if "layers" in sections and "infer" in sections:
+        log("per-layer breakdown of the alexnet_pvcnn deploy forward, batch 32")
+        res["layers_deploy"] = runner.caffe(base["engine"], ["layers", "--model", "alexnet_pvcnn",
+                                                             "--deploy-batch", 32, "--iters", 2 if quick else 3],
+                                            base["env"])
     if "layers" in sections and "caffe-1.0" in engines:
         log("per-layer breakdown of alexnet_pvcnn on caffe-1.0")
         res["layers_reference"] = {
@@ -306,11 +355,13 @@ def main():
 
     res["machine"]["loadavg_end"] = sh("cat /proc/loadavg")
     res["elapsed_s"] = time.time() - started
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=1))
+    from virality.files import write_text_atomic
+    write_text_atomic(args.json, json.dumps(res, indent=1))
+    import document
     import report
-    Path(args.out).write_text(report.render(res))
-    log(f"wrote {args.out} and {args.json} in {res['elapsed_s'] / 60:.1f} min")
+    key, summary, body = report.render(res)
+    document.write(args.out, key, summary, body)
+    log(f"wrote the section for {key} in {args.out}, and {args.json}, in {res['elapsed_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -12,16 +12,25 @@ Runs with the bench-only PyTorch environment (bench/README.md), not the project'
 - SGD with the solver's settings: lr 0.001 (biases x2), momentum 0.9, L2 weight decay
   0.05 on weights (biases not decayed).
 
-    python bench/torch_worker.py [--pairs 16] [--iters 3] [--warmup 1] [--infer-batch 16]
+    python bench/torch_worker.py [--pairs 16] [--iters 3] [--warmup 1] [--infer-batch 32] [--infer-only]
+                                 [--gemm 1]
 
-The last stdout line is a JSON object with step, forward+backward and inference times.
+The last stdout line is a JSON object with step, forward+backward and inference times, the
+float32 GEMM rate of torch.mm (2048^3, right after the steps: a candidate for the honest
+ceiling) and what torch runs its GEMMs with (BLAS_INFO, MKL version, CPU capability).
 """
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (standard library only, like hardware)
+import hardware  # noqa: E402  (standard library only)
 
 LAMBDA = 0.001
 EPSILON = 0.1
@@ -67,6 +76,28 @@ def ranking_loss(f1, f2, y):
     return torch.sum(e_c + LAMBDA * e_r)
 
 
+def gemm_gflops(size=2048, min_time=0.3, repeats=2):
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    c = torch.empty(size, size)
+    return 2.0 * size ** 3 / common.time_call(lambda: torch.mm(a, b, out=c), min_time, repeats) / 1e9
+
+
+def torch_blas():
+    """What torch's GEMMs run on: its build's BLAS_INFO, the MKL line of its config, the
+    CPU capability its kernels dispatch to."""
+    config = torch.__config__.show()
+    blas = next((m.split("=", 1)[1] for m in config.replace(",", " ").split() if m.startswith("BLAS_INFO=")), "?")
+    mkl = next((l.strip(" -") for l in config.splitlines() if "Math Kernel Library" in l), None)
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        capability = next((l.split(":", 1)[1].strip() for l in config.splitlines()
+                           if "CPU capability usage" in l), "?")
+    return {"kind": blas, "config": mkl or blas, "kernels": f"{capability} (torch CPU capability)",
+            "threads": torch.get_num_threads()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=16)
@@ -75,6 +106,8 @@ def main():
     ap.add_argument("--infer-batch", type=int, default=0)
     ap.add_argument("--infer-iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--infer-only", action="store_true", help="no training steps, inference only")
+    ap.add_argument("--gemm", type=int, default=1, help="also time torch.mm 2048^3 (1) or not (0)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,10 +134,10 @@ def main():
         return loss
 
     net.train()
-    for _ in range(args.warmup):
+    for _ in range(0 if args.infer_only else args.warmup):
         step()
     steps, fb = [], []
-    for _ in range(args.iters):
+    for _ in range(0 if args.infer_only else args.iters):
         t0 = time.perf_counter()
         loss = step()
         steps.append(time.perf_counter() - t0)
@@ -121,9 +154,12 @@ def main():
                 t0 = time.perf_counter()
                 net(xi)
                 infer.append(time.perf_counter() - t0)
+    gemm = [gemm_gflops()] if args.gemm else []
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "pairs": args.pairs, "step_s": steps, "fwdbwd_s": fb, "loss": float(loss.detach()),
-                      "infer_batch": args.infer_batch, "infer_s": infer}))
+                      "pairs": args.pairs, "step_s": steps, "fwdbwd_s": fb,
+                      "loss": float(loss.detach()) if steps else None,
+                      "infer_batch": args.infer_batch, "infer_s": infer, "gemm_gflops": gemm,
+                      "blas": torch_blas(), "env": hardware.blas_environment()}))
 
 
 if __name__ == "__main__":

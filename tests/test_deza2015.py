@@ -15,10 +15,11 @@ from virality.pairs import sample_pairs
 from virality.paths import ROOT
 
 DATA = ROOT / "datasets" / "deza2015"
-BASES = ("complete", "top_bottom", "random")
+BASES = tuple(f"complete_fold{k}" for k in range(5)) + ("top_bottom", "random")
 # test pairs, test images, pool size per side in the disjoint variant
-COUNTS = {"complete": (1008, 2016, 5039 - 1008), "top_bottom": (1000, 500, 5039 - 250),
-          "random": (489, 978, 5039 - 489)}
+COUNTS = {"top_bottom": (1000, 500, 5039 - 250), "random": (489, 978, 5039 - 489),
+          **{f"complete_fold{k}": (1008, 2016, 5039 - 1008) for k in range(4)},
+          "complete_fold4": (1007, 2014, 5039 - 1007)}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,8 @@ def test_settings_counts_pools_and_paper_numbers(dataset):
         assert dataset.setting(f"{base}_disjoint").paper == {}
     assert dataset.setting("top_bottom").paper["vgg19_tpvcnn"] == 75.88
     assert dataset.setting("random").paper["alexnet_pvcnn"] == 63.35
-    assert dataset.setting("complete").paper["vgg19_pvcnn"] == 64.47
+    assert dataset.setting("complete_fold3").paper["vgg19_pvcnn"] == 64.47
+    assert [dataset.setting(f"complete_fold{k}_disjoint").fold for k in range(5)] == list(range(5))
 
 
 def test_random_split_is_the_published_489_pairs(dataset):
@@ -163,16 +165,18 @@ def test_top_bottom_pairs_the_250_extremes(dataset):
 def test_complete_folds_partition_the_published_pairs():
     pm = loadmat(str(DATA / "pair_matrix.mat"))["pair_matrix_spot"].astype(int)
     seen = []
+    d = deza2015.load(verify=False)
     for fold in range(5):
-        s = deza2015.load(verify=False, complete_fold=fold).setting("complete")
+        s = d.setting(f"complete_fold{fold}")
+        assert s.fold == fold and f"fold {fold}" in s.description
         seen += [frozenset(p) for p in s.test_pairs[:, :2].tolist()]
     assert len(seen) == len(set(seen)) == 5039
     assert set(seen) == {frozenset(p) for p in pm.tolist()}
-    with pytest.raises(ValueError, match="complete_fold"):
-        deza2015.load(verify=False, complete_fold=5)
+    with pytest.raises(ValueError, match="complete_fold5"):
+        d.setting("complete_fold5")
 
 
-@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("base", ("complete_fold0", "top_bottom", "random"))
 def test_training_pairs_avoid_the_test_set(dataset, base):
     s = dataset.setting(base)
     test = {frozenset(p) for p in s.test_pairs[:, :2].tolist()}

@@ -18,7 +18,7 @@ from google.protobuf import text_format
 
 from virality.imagestore import ImageStore
 from virality.pair_batches import ImageSource, PairBatcher, PairDataError, Prefetcher, load_pairs
-from virality.pairlmdb import PAIR_FORMAT, TOPIC_FORMAT, build_pair_lmdb, read_records, split_topic_ids
+from virality.pairlmdb import PAIR_FORMAT, TOPIC_FORMAT, build_pair_lmdb, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -49,11 +49,13 @@ def test_make_data_builds_the_layout_the_nets_read(syn):
 
     for setting in ("random", "random_disjoint"):
         cfg = DataConfig(dataset="synthetic", setting=setting)
-        for split in ("train", "test"):
+        for split in ("train", "val"):
             for rel in (cfg.pair_index(split), cfg.pair_lmdb(split), cfg.topic_lmdb(split)):
                 path = syn.parent.parent / rel
                 assert path.exists(), rel
                 assert Path(f"{path}.stamp").is_file(), rel
+        test = syn.parent.parent / cfg.pair_index("test")    # D_test: read by evaluation only
+        assert test.exists() and not (syn.parent.parent / cfg.pair_lmdb("test")).exists()
         assert (syn.parent.parent / cfg.image_store(36) / "data.mdb").is_file()
     train = np.load(syn / "random" / "pairs_train.npy")
     assert train.dtype == np.int32 and train.shape == (600, 3)
@@ -71,12 +73,12 @@ def test_make_data_is_keyed_by_content(syn, tmp_path):
     assert "raw: up to date" in first and "pairs sampled" in first
     again = make_data(tmp_path / "data", "--num-pairs", "300", "--settings", "random")
     assert "sampled" not in again and "records" not in again and "images_36_lmdb: up to date" in again
-    assert again.count("up to date") == 8     # raw, store, 2 pair files, 2 pair LMDBs, 2 topic LMDBs
+    assert again.count("up to date") == 9     # raw, store, 3 pair files, 2 pair LMDBs, 2 topic LMDBs
     changed = make_data(tmp_path / "data", "--num-pairs", "200", "--settings", "random")
     assert "images_36_lmdb: up to date" in changed and "topics_train_lmdb: up to date" in changed
     assert "pairs_train.npy: 200 pairs sampled" in changed
     assert re.search(r"pairs_train_lmdb: 200 pair records", changed)
-    assert "pairs_test_lmdb: up to date" in changed
+    assert "pairs_val_lmdb: up to date" in changed
     # an edited input image rebuilds the image store (a world without its stamp is a user's input, kept as it is;
     # a stamped one is make_data's output, regenerated when edited or damaged: virality/outputs.py)
     Path(f"{root / 'raw'}.stamp").unlink()
@@ -91,8 +93,8 @@ def test_make_data_is_keyed_by_content(syn, tmp_path):
 
 def test_pair_lmdb_records_are_the_two_store_images_and_y(syn):
     store = ImageStore(syn / "images_36_lmdb")
-    pairs = np.load(syn / "random" / "pairs_test.npy")
-    records = list(read_records(syn / "random" / "pairs_test_lmdb", PAIR_FORMAT))
+    pairs = np.load(syn / "random" / "pairs_val.npy")
+    records = list(read_records(syn / "random" / "pairs_val_lmdb", PAIR_FORMAT))
     assert len(records) == len(pairs) > 0
     for (chw, label), (a, b, y) in zip(records, pairs):
         assert chw.shape == (6, 36, 36)
@@ -108,26 +110,28 @@ def test_pair_lmdb_refuses_pairs_of_images_not_in_the_store(syn, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
-def test_topic_lmdbs_are_a_seeded_shuffled_split_with_topic_labels(syn):
+def test_topic_lmdbs_hold_the_settings_topic_split_with_topic_labels(syn):
     from virality.datasets.registry import load_dataset
+    from virality.splits import split_setting, topic_split
 
     dataset = load_dataset("synthetic", data_dir=syn / "raw")
     topic = dict(zip(dataset.ids.tolist(), dataset.topics.tolist()))
-    ids = {s: np.load(syn / f"topics_{s}_lmdb" / "ids.npy") for s in ("train", "test")}
-    assert not set(ids["train"]) & set(ids["test"])
-    assert sorted(np.concatenate([ids["train"], ids["test"]])) == sorted(dataset.ids)
-    assert 0.08 < len(ids["test"]) / 3000 < 0.12
-    assert not (np.diff(ids["train"]) > 0).all(), "records are shuffled, not in id order"
+    for name in ("random", "random_disjoint"):
+        ids = {s: np.load(syn / name / f"topics_{s}_lmdb" / "ids.npy") for s in ("train", "val")}
+        assert not set(ids["train"]) & set(ids["val"])
+        assert not (np.diff(ids["train"]) > 0).all(), "records are shuffled, not in id order"
+        split = split_setting(dataset.setting(name), 300, 150, 1701)
+        want_train, want_val = topic_split(split, dataset.ids, dataset.topics)
+        np.testing.assert_array_equal(np.sort(ids["train"]), want_train)
+        np.testing.assert_array_equal(ids["val"], want_val)
+        assert ids["val"].size == 300 and ids["train"].size == 3000 - 600 - 300
     store = ImageStore(syn / "images_36_lmdb")
-    records = list(read_records(syn / "topics_test_lmdb", TOPIC_FORMAT))
-    for (chw, label), image_id in zip(records, ids["test"]):
+    ids = np.load(syn / "random" / "topics_val_lmdb" / "ids.npy")
+    records = list(read_records(syn / "random" / "topics_val_lmdb", TOPIC_FORMAT))
+    assert len(records) == ids.size
+    for (chw, label), image_id in zip(records, ids):
         assert label == topic[int(image_id)]
         np.testing.assert_array_equal(chw, store.get(image_id).transpose(2, 0, 1))
-    train, test = split_topic_ids(dataset.ids, dataset.topics, 0.1, 1701)
-    np.testing.assert_array_equal(train, ids["train"])
-    np.testing.assert_array_equal(test, ids["test"])
-    other, _ = split_topic_ids(dataset.ids, dataset.topics, 0.1, 1702)
-    assert not np.array_equal(other, train)
 
 
 # ------------------------------------------------------------------ the pure numpy core

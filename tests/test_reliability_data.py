@@ -129,17 +129,17 @@ def test_an_output_changed_after_it_was_stamped_is_rebuilt_not_trusted(dataset, 
     data_mdb = root / "images_36_lmdb" / "data.mdb"
     with open(data_mdb, "r+b") as f:
         f.truncate(data_mdb.stat().st_size // 2)
-    lmdb_mdb = root / "random" / "pairs_test_lmdb" / "data.mdb"
+    lmdb_mdb = root / "random" / "pairs_val_lmdb" / "data.mdb"
     with open(lmdb_mdb, "r+b") as f:                      # same size, other bytes
         f.seek(lmdb_mdb.stat().st_size - 5000)
         f.write(b"\xff" * 100)
     again = make_data(dataset, out, "--num-pairs", "60", "--settings", "random")
-    for name in ("pairs_train.npy", "images_36_lmdb", "pairs_test_lmdb"):
+    for name in ("pairs_train.npy", "images_36_lmdb", "pairs_val_lmdb"):
         assert f"{name}: changed on disk since it was built" in again, again
     assert "images_36_lmdb: 40/40 images" in again and "pairs_train.npy: 60 pairs sampled" in again
     np.testing.assert_array_equal(load_npy(pairs_file), good)
     assert len(ImageStore(root / "images_36_lmdb")) == N_IMAGES
-    assert make_data(dataset, out, "--num-pairs", "60", "--settings", "random").count("up to date") == 5  # store, 2 pair files, 2 pair LMDBs
+    assert make_data(dataset, out, "--num-pairs", "60", "--settings", "random").count("up to date") == 6  # store, 3 pair files, 2 pair LMDBs
 
 
 # --------------------------------------------------------------------------- damaged files are named, never a crash
@@ -377,4 +377,4 @@ def test_ctrl_c_during_make_data_keeps_only_complete_outputs(tmp_path):
     assert not (root / "images_64_lmdb").exists()
     assert [p.name for p in root.glob(".*")] == [".lock"], "the partial build is removed"
     again = make_data(d, out, "--num-pairs", "100", "--pair-lmdb", "none")
-    assert again.count("up to date") == 5          # the outputs finished before the interrupt are kept
+    assert again.count("up to date") == 7          # the outputs finished before the interrupt are kept: store, 2 x 3 pair files

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from toy_data import toy_image
+from virality.paths import ROOT
 
 
 def write_photos(folder, n, seed, reverse=False):
@@ -239,34 +240,45 @@ def test_small_test_sets_are_warned_about():
     assert small_test_warning(100) is None
 
 
-def test_test_phase_batch_covers_the_test_set_exactly_once():
-    from virality.runs import RunError, covering_batch
-    assert covering_batch(300, 100) == 100
-    assert covering_batch(299, 100) == 23        # 299 = 13 x 23
-    assert covering_batch(7, 100) == 7
-    assert covering_batch(13, 5) == 1
-    with pytest.raises(RunError):
-        covering_batch(0, 5)
+def test_test_phase_batch_covers_the_validation_set_exactly_once():
+    from virality.solvers import covering_test_batch, test_iterations
+    assert covering_test_batch(300, 100) == 100
+    assert covering_test_batch(299, 100) == 23        # 299 = 13 x 23
+    assert covering_test_batch(7, 100) == 7
+    assert covering_test_batch(13, 5) == 1
+    for n in (300, 299, 7, 13, 489):
+        batch = covering_test_batch(n, 50)
+        assert test_iterations(n, batch) * batch == n
+    with pytest.raises(ValueError):
+        covering_test_batch(0, 5)
 
 
 def test_table1_plan_lists_topic_cnns_first_then_every_model_and_setting(tmp_path):
+    import importlib.util
     from virality.plan import table1_plan
     from virality.runs import DataSource
-    settings = ["complete_disjoint", "complete", "top_bottom_disjoint", "top_bottom", "random_disjoint", "random"]
+    spec = importlib.util.spec_from_file_location("table1", ROOT / "tools/table1.py")
+    table1 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table1)
+    settings = table1._settings(DataSource("deza2015"))
+    folds = [f"complete_fold{k}{d}" for k in range(5) for d in ("_disjoint", "")]
+    assert settings == folds + ["top_bottom_disjoint", "top_bottom", "random_disjoint", "random"]
     entries = table1_plan(DataSource("deza2015"), settings, ["alexnet", "vgg19"], tmp_path,
                           weights={"alexnet": "/w/a.caffemodel", "vgg19": "/w/v.caffemodel"})
     names = [e.name for e in entries]
-    assert names[:2] == ["alexnet_topic", "vgg19_topic"]
-    assert len(names) == 2 + 2 * 2 * 6 and len(set(names)) == len(names)
+    # One Topic-CNN per architecture and setting: each trains only on images its setting's ranking
+    # model may train on (its topic LMDB data/deza2015/<setting>/topics_train_lmdb).
+    assert names[:28] == [f"{a}_topic-{s}" for a in ("alexnet", "vgg19") for s in settings]
+    assert len(names) == 28 + 2 * 2 * 14 and len(set(names)) == len(names)
     assert {f"{a}_{k}-{s}" for a in ("alexnet", "vgg19") for k in ("pvcnn", "tpvcnn") for s in settings} \
-        == set(names[2:])
+        == set(names[28:])
     tp = next(e for e in entries if e.name == "vgg19_tpvcnn-random")
-    assert tp.spec.topic_run == str(tmp_path / "vgg19_topic") and tp.spec.weights == "/w/v.caffemodel"
+    assert tp.spec.topic_run == str(tmp_path / "vgg19_topic-random") and tp.spec.weights == "/w/v.caffemodel"
 
 
-def test_a_setting_scored_by_image_is_refused_before_training(tmp_path):
+def test_a_setting_without_validation_pairs_is_refused_before_training(tmp_path):
     from virality.runs import DataSource, RunDir, RunError, RunSpec
     run = RunDir.open(tmp_path / "pop", RunSpec("tiny_pvcnn", "user_mix", DataSource("popularity", data_dir="t.csv")))
-    with pytest.raises(RunError, match="no test pairs"):
-        run.prepare({"settings": {"user_mix": {"test_pairs": 0, "train_pairs": 10}}})
+    with pytest.raises(RunError, match="no validation pairs"):
+        run.prepare({"settings": {"user_mix": {"test_pairs": 0, "val_pairs": 0, "train_pairs": 10}}})
     assert not (tmp_path / "pop" / "run.json").exists()

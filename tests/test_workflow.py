@@ -1,6 +1,7 @@
 """The user's workflow: metrics, the training driver (NaN stop, plateau drops, exact validation),
 prediction on broken files, and the evaluation report."""
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -151,74 +152,48 @@ def tiny_release(root, tmp_path_factory):
     return release.dir
 
 
-def test_predict_scores_a_folder_with_broken_files(root, tiny_release, tmp_path):
-    import cv2
-    folder = tmp_path / "photos"
-    (folder / "sub").mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for name in ("a.png", "b.jpg", "sub/c.png"):
-        cv2.imwrite(str(folder / name), rng.integers(0, 255, (50, 40, 3), dtype=np.uint8))
-    good = (folder / "b.jpg").read_bytes()
-    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    (folder / "not_an_image.jpg").write_text("hello")
-    out = subprocess.run([sys.executable, str(root / "tools/predict.py"), str(tiny_release), str(folder),
-                          str(tmp_path / "missing.png"), "--format", "json"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1, out.stderr            # some files failed, the rest were scored
-    rows = json.loads(out.stdout)
-    scored = [r for r in rows if not r["error"]]
-    failed = {Path(r["path"]).name: r["error"] for r in rows if r["error"]}
-    assert {Path(r["path"]).name for r in scored} == {"a.png", "b.jpg", "c.png"}
-    assert [r["rank"] for r in scored] == [1, 2, 3]
-    assert [r["score"] for r in scored] == sorted((r["score"] for r in scored), reverse=True)
-    assert set(failed) == {"truncated.jpg", "not_an_image.jpg", "missing.png"}
-    assert all(failed.values())
-    assert "truncated.jpg" in out.stderr
-
-
-def test_predict_pair_gives_eq4_probability(root, tiny_release, tmp_path):
-    import cv2
-    from virality.ranking import pair_probability
-    a, b = tmp_path / "a.png", tmp_path / "b.png"
-    cv2.imwrite(str(a), np.full((36, 36, 3), 250, np.uint8))
-    cv2.imwrite(str(b), np.full((36, 36, 3), 5, np.uint8))
-    out = subprocess.run([sys.executable, str(root / "tools/predict.py"), str(tiny_release), "--pair", str(a), str(b)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    res = json.loads(out.stdout)
-    assert res["p_a_more_viral"] == pytest.approx(float(pair_probability(res["score_a"], res["score_b"])))
-    assert 0.0 <= res["p_a_more_viral"] <= 1.0
-
-
-def test_predict_refuses_a_tampered_release(root, tiny_release, tmp_path):
-    import shutil
-    copy = tmp_path / "release"
-    shutil.copytree(tiny_release, copy)
-    (copy / "deploy.prototxt").write_text((copy / "deploy.prototxt").read_text() + "\n# edited\n")
-    out = subprocess.run([sys.executable, str(root / "tools/predict.py"), str(copy), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2 and "deploy.prototxt" in out.stderr
-
-
 # --- the report -----------------------------------------------------------------------------
 
 def test_report_contains_every_setting_and_the_papers_numbers():
     from virality.datasets.base import Dataset
     dataset = Dataset("deza2015", np.arange(3), np.zeros(3), np.zeros(3, np.int32), ["x"], None)
-    settings = ["complete", "complete_disjoint", "top_bottom", "top_bottom_disjoint", "random", "random_disjoint"]
-    paper = {"complete": 60.11, "top_bottom": 69.97, "random": 63.35}
+    settings = ["complete_fold0", "complete_fold0_disjoint", "top_bottom", "top_bottom_disjoint", "random",
+                "random_disjoint"]
+    paper = {"complete_fold0": 60.11, "top_bottom": 69.97, "random": 63.35}
     results = [Result(s, "alexnet_pvcnn", "pairwise_accuracy", 0.6 + 0.01 * i, 0.55, 0.65, 489,
-                      paper.get(s), f"pairs of {s}", "x.caffemodel") for i, s in enumerate(settings)]
+                      paper.get(s), f"pairs of {s}", "x.caffemodel", interval="wilson",
+                      disjoint=s.endswith("_disjoint")) for i, s in enumerate(settings)]
     md = report_markdown(results, dataset, "Table 1")
     header = next(line for line in md.splitlines() if line.startswith("| model |"))
-    assert all(s in header.split(" | ") or f"| {s} |" in header or s in header for s in settings)
+    # each image-disjoint figure first, the paper-protocol one beside it, each labelled
+    assert header.split(" | ")[1:] == ["complete_fold0_disjoint (image-disjoint)", "complete_fold0 (paper protocol)",
+                                       "top_bottom_disjoint (image-disjoint)", "top_bottom (paper protocol)",
+                                       "random_disjoint (image-disjoint)", "random (paper protocol) |"]
     for s in settings:
-        assert f"| {s} | 489 pairs | pairs of {s} |" in md
+        protocol = "image-disjoint" if s.endswith("_disjoint") else "paper protocol"
+        assert f"| {s} | {protocol} | 489 pairs | Wilson score interval" in md
     assert "[paper 69.97]" in md and "[paper 63.35]" in md and "[paper 60.11]" in md
+    assert md.count("[paper") == 3            # never beside an image-disjoint figure
     assert "60.00 (55.00-65.00)" in md
     assert "SYNTHETIC" not in md
     dataset.synthetic = True
     assert "SYNTHETIC" in report_markdown(results, dataset, "t")
+
+
+def test_report_gives_the_mean_of_the_five_complete_folds_when_all_exist():
+    from virality.datasets.base import Dataset
+    from virality.evaluation import fold_means
+    dataset = Dataset("deza2015", np.arange(3), np.zeros(3), np.zeros(3, np.int32), ["x"], None)
+    values = [0.60, 0.62, 0.64, 0.66, 0.68]
+    results = [Result(f"complete_fold{k}", "vgg19_pvcnn", "pairwise_accuracy", v, v - 0.03, v + 0.03, 1008,
+                      64.47, "d", f"f{k}.caffemodel", interval="wilson", fold=k) for k, v in enumerate(values)]
+    assert fold_means(results[:4]) == []      # 4 of 5 folds: no whole-data number
+    (mean,) = fold_means(results)
+    assert mean.setting == "complete_mean5" and mean.value == pytest.approx(0.64) and mean.n == 5040
+    assert (mean.low, mean.high) == (pytest.approx(0.60), pytest.approx(0.68))
+    md = report_markdown(results, dataset, "t")
+    assert "complete_mean5 (paper protocol)" in md and "64.00 (60.00-68.00) [paper 64.47]" in md
+    assert "lowest and highest of the 5 folds" in md
 
 
 # --- exact resume ---------------------------------------------------------------------------
@@ -275,11 +250,18 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
         val = [float(r["val_accuracy"]) for r in csv.DictReader(f) if r["val_accuracy"]][-1]
     dataset = load_dataset("synthetic", data_dir=synthetic_project / "data/synthetic/raw")
     store = ImageStore(synthetic_project / "data/synthetic/images_36_lmdb")
-    result = evaluate_run(Run("random", "tiny_pvcnn", out / "tiny_pvcnn_iter_24.caffemodel",
-                              synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"), dataset, store)
-    assert result.n == len(np.load(synthetic_project / "data/synthetic/random/pairs_test.npy"))
+    # the driver validates on D_val: scoring the snapshot on D_val's pairs gives the same number
+    val_pairs = np.load(synthetic_project / "data/synthetic/random/pairs_val.npy")
+    on_val = dataclasses.replace(dataset.setting("random"), test_pairs=val_pairs)
+    dataset.settings["random (D_val)"] = dataclasses.replace(on_val, name="random (D_val)")
+    run = Run("random (D_val)", "tiny_pvcnn", out / "tiny_pvcnn_iter_24.caffemodel",
+              synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt")
+    result = evaluate_run(run, dataset, store)
+    assert result.n == len(val_pairs) == 300
     assert result.value == pytest.approx(val, abs=1e-9)
     assert result.value > 0.5                   # 24 iterations already beat chance on the synthetic world
+    test = evaluate_run(dataclasses.replace(run, setting="random"), dataset, store)   # D_test, once
+    assert test.n == len(np.load(synthetic_project / "data/synthetic/random/pairs_test.npy"))
 
 
 # --- explanation (Fig. 2) -------------------------------------------------------------------
@@ -287,25 +269,48 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
 def test_nearest_neighbours_by_cosine_similarity():
     from virality.neighbours import nearest
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
-    np.testing.assert_array_equal(nearest(features, [0, 2], k=2), [[1, 3], [3, 1]])
-    assert 0 not in nearest(features, [0], k=4)[0]          # a query is never its own neighbour
+    order, dist = nearest(features, [0, 2], k=2)
+    np.testing.assert_array_equal(order, [[1, 3], [3, 1]])
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)       # noqa: E731
+    np.testing.assert_allclose(dist[0], [1 - cos(features[0], features[1]), 1 - cos(features[0], features[3])])
+    assert 0 not in nearest(features, [0], k=4)[0][0]       # a query is never its own neighbour
+    order, dist = nearest(features, None, k=1, query_features=[[-2.0, 0.1]])   # a query from outside
+    assert order[0, 0] == 4 and dist[0, 0] == pytest.approx(1 - cos(np.array([-2.0, 0.1]), features[4]), abs=1e-6)
 
 
-def test_neighbours_tool_writes_a_grid(root, synthetic_project, tmp_path):
+def test_neighbours_tool_writes_a_grid_and_a_page(root, synthetic_project, tmp_path):
+    import cv2
     out = tmp_path / "run"
     _train(root, synthetic_project, out, "--max-iter", "6", "--val-interval", "6")
-    png = tmp_path / "grid.png"
-    res = subprocess.run([sys.executable, str(root / "tools/neighbours.py"), "--model", "tiny_pvcnn",
-                          "--snapshot", str(out / "tiny_pvcnn_iter_6.caffemodel"),
-                          "--deploy", str(synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"),
-                          "--dataset", "synthetic", "--store", str(synthetic_project / "data/synthetic/images_36_lmdb"),
-                          "--num-queries", "2", "--k", "4", "--limit", "300", "--out", str(png)],
+    store = synthetic_project / "data/synthetic/images_36_lmdb"
+    common = [sys.executable, str(root / "tools/neighbours.py"), "--model", "tiny_pvcnn",
+              "--snapshot", str(out / "tiny_pvcnn_iter_6.caffemodel"),
+              "--deploy", str(synthetic_project / "prototxt/tiny_pvcnn/deploy.prototxt"),
+              "--dataset", "synthetic", "--data-dir", str(synthetic_project / "data/synthetic/raw"),
+              "--store", str(store), "--k", "4", "--limit", "300"]
+    png, page = tmp_path / "grid.png", tmp_path / "grid.html"
+    res = subprocess.run(common + ["--num-queries", "2", "--out", str(png), "--html", str(page)],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "4 queries over 300 images" in res.stdout
-    import cv2
     image = cv2.imread(str(png))
-    assert image is not None and image.shape[0] > 200 and image.shape[1] > 400
+    assert image is not None and image.shape[0] > 4 * 200 and image.shape[1] > 5 * 150    # 4 rows x 5 readable tiles
+    text = page.read_text()
+    assert text.count('class="tile query"') == 4 and text.count("cosine distance") == 16
+    assert "highest f_r #1" in text and "lowest f_r #2" in text
+    # Queries given as files: a folder of two images outside the store.
+    from virality.imagestore import ImageStore
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    st = ImageStore(store)
+    for i in st.ids[:2]:
+        cv2.imwrite(str(folder / f"q{i}.png"), st.get(i))
+    res = subprocess.run(common + ["--query-files", str(folder), "--out", str(tmp_path / "files.png"),
+                                   "--html", str(tmp_path / "files.html")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "files.html").read_text()
+    assert f"q{st.ids[0]}.png" in text and f"q{st.ids[1]}.png" in text
+    assert "cosine distance 0.000" in text          # the store's own copy of each query is its nearest neighbour
 
 
 def test_make_train_refuses_weights_that_do_not_fit_before_training(root, tiny_release):

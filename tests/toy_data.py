@@ -42,6 +42,6 @@ def make_toy_data(root, dataset="synthetic", setting="random", num_topics=5):
     base = root / "data" / dataset
     (base / setting).mkdir(parents=True, exist_ok=True)
     write_pair_lmdb(base / setting / "pairs_train_lmdb", 2000, seed=1)
-    write_pair_lmdb(base / setting / "pairs_test_lmdb", 1000, seed=2)
-    write_topic_lmdb(base / "topics_train_lmdb", 1000, num_topics, seed=3)
-    write_topic_lmdb(base / "topics_test_lmdb", 1000, num_topics, seed=4)
+    write_pair_lmdb(base / setting / "pairs_val_lmdb", 1000, seed=2)
+    write_topic_lmdb(base / setting / "topics_train_lmdb", 1000, num_topics, seed=3)
+    write_topic_lmdb(base / setting / "topics_val_lmdb", 1000, num_topics, seed=4)

@@ -13,26 +13,26 @@ With --run-dir, a run directory (virality/runs.py) is scored on its own dataset 
 (its eval/); scoring it on other data needs --other-data (and writes eval-<dataset>-<setting>/,
 whose report says what it scored). With --model, the model's latest snapshot in models/<model>/
 is evaluated on the setting its train_val net was trained on (each setting keeps its own test
-pairs out of training, so a model is only scored on its own setting's test set); a --dataset
-other than the one its net reads needs --other-data too. With
---run SETTING:MODEL:CAFFEMODEL (repeatable) any runs are combined in one table.
+pairs out of training, so a model is only scored on its own setting's test set D_test; training
+validated on D_val only); a --dataset other than the one its net reads needs --other-data too.
+With --run SETTING:MODEL:CAFFEMODEL (repeatable) any runs are combined in one table: each
+image-disjoint figure first, the paper-protocol one beside it, the interval named per setting,
+and the mean of the 5 folds where all complete_fold<k> runs of a model are given (docs/PROTOCOL.md).
 Writes report.md, results.csv, results.json and accuracy.png under --out
 (default models/<model>/eval or demo/eval).
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
+from virality.console import caffe_logging
 
 
 def parse_run(text):
     parts = text.split(":", 2)
     if len(parts) != 3 or not all(parts):
         raise argparse.ArgumentTypeError(f"--run wants SETTING:MODEL:CAFFEMODEL, got '{text}'")
-    from virality.evaluation import Run
-    return Run(parts[0], parts[1], Path(parts[2]))
+    return parts[0], parts[1], Path(parts[2])      # a Run once Caffe's logging is set up
 
 
 def main(argv=None):
@@ -53,12 +53,14 @@ def main(argv=None):
     p.add_argument("--store", type=Path, help="image store (default data/<dataset>/images_<size>_lmdb)")
     p.add_argument("--out", type=Path, help="report directory")
     p.add_argument("--gpu", type=int)
+    p.add_argument("--log", type=Path, help="Caffe's full log goes to this file")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log on the console")
     args = p.parse_args(argv)
+    if not args.dataset and not args.run_dir:
+        p.error("give --dataset (or --run-dir)")
+    caffe_logging(args.log, args.verbose)
     if args.run_dir:
         return evaluate_run_dir(args)
-    if not args.dataset:
-        p.error("give --dataset (or --run-dir)")
-
     import caffe
     from virality.datasets import load_dataset
     from virality.evaluation import Run, evaluate_run, latest_snapshot, trained_setting, write_report
@@ -71,7 +73,7 @@ def main(argv=None):
         caffe.set_mode_gpu()
     else:
         caffe.set_mode_cpu()
-    runs = list(args.run)
+    runs = [Run(*r) for r in args.run]
     if args.model:
         dataset_name, setting = trained_setting(PROTOTXT_DIR / args.model / "train_val.prototxt")
         if dataset_name != args.dataset:
@@ -97,7 +99,12 @@ def main(argv=None):
             stores[store_path] = ImageStore(store_path)
         print(f"evaluate: {run.model} on {args.dataset}/{run.setting} ({run.caffemodel})", file=sys.stderr)
         results.append(evaluate_run(run, dataset, stores[store_path]))
-    md, csv_path, png = write_report(results, dataset, out, title=f"Evaluation on {args.dataset}")
+    from virality.gallery import write_run_page
+    pages = [write_run_page(run, dataset, stores[args.store or DATA_DIR / args.dataset /
+                                                  f"images_{get_model(run.model).architecture.image_size}_lmdb"],
+                            Path(out) / "pages", show_progress=True) for run in runs]
+    notes = [f"test pairs right and wrong, and nearest neighbours: pages/{p.name}" for p in pages]
+    md, csv_path, png = write_report(results, dataset, out, title=f"Evaluation on {args.dataset}", notes=notes)
     print(md.read_text())
     print(f"evaluate: wrote {md}, {csv_path}, {png}", file=sys.stderr)
     return 0

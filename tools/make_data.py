@@ -8,11 +8,14 @@ Outputs (paths as virality.nets.DataConfig reads them):
 
     data/<name>/raw/                          synthetic only: the SYNTHETIC world, generated if missing
     data/<name>/images_<size>_lmdb/           image store per --sizes (manifest.csv lists problems)
-    data/<name>/<setting>/pairs_train.npy     int32 (N, 3) training pairs (virality.pairs.sample_pairs)
-    data/<name>/<setting>/pairs_test.npy      the setting's test pairs
-    data/<name>/<setting>/pairs_{train,test}_lmdb   6-channel pair Datums (--pair-lmdb)
-    data/<name>/topics_{train,test}_lmdb      Topic-CNN records (seeded shuffled split)
-    data/<name>/data.json                     what was built, from what, with counts
+    data/<name>/<setting>/pairs_train.npy     D_train: int32 (N, 3) training pairs (virality.pairs.sample_pairs)
+    data/<name>/<setting>/pairs_val.npy       D_val: validation pairs from the training pools (virality.splits)
+    data/<name>/<setting>/pairs_test.npy      D_test: the setting's test pairs (read by evaluation only)
+    data/<name>/<setting>/pairs_{train,val}_lmdb    6-channel pair Datums (--pair-lmdb)
+    data/<name>/<setting>/topics_{train,val}_lmdb   the setting's Topic-CNN records: training images the
+                                              ranking model may train on (no test or validation image),
+                                              validation = the setting's validation images
+    data/<name>/data.json                     what was built, from what, with counts and sizes
 
 Every output has a ``<output>.stamp`` beside it holding a content hash of its inputs
 (input files, arrays, options and the builder's source code) and the output's own
@@ -44,12 +47,14 @@ from virality.paths import DATA_DIR
 #: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.architectures).
 DEFAULT_SIZES = {"synthetic": [36]}
 FALLBACK_SIZES = [256]
-#: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 4.1).
+#: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 2.1).
 DEFAULT_NUM_PAIRS = {"synthetic": 20000}
 FALLBACK_NUM_PAIRS = 10_000_000
-#: which pair LMDBs to build: a 10M-pair training LMDB at 256 px would be 3.9 TB (use the pair_index feed).
+#: which pair LMDBs to build: a 10M-pair training LMDB at 256 px would be 3.9 TB, so full-size
+#: models read pairs through the pair_index feed, which needs none.
 DEFAULT_PAIR_LMDB = {"synthetic": "all"}
-FALLBACK_PAIR_LMDB = "test"
+FALLBACK_PAIR_LMDB = "none"
+PAIR_LMDB_SPLITS = {"all": ("train", "val"), "val": ("val",), "none": ()}
 DEFAULT_SEED = 1701
 
 
@@ -178,35 +183,38 @@ def setting_digest(setting):
     return d.hexdigest()
 
 
-def build_pair_files(setting, root, num_pairs, seed, force):
-    """pairs_train.npy / pairs_test.npy of one (restricted) setting; returns {split: (path, digest)}."""
+def build_pair_files(split, root, num_pairs, seed, force):
+    """pairs_{train,val,test}.npy of one (restricted) setting's Split; returns {part: (path, digest)}."""
     from virality.pairs import sample_pairs
 
+    setting = split.test
     out_dir = root / setting.name
     sd = setting_digest(setting)
     files = {}
     train = out_dir / "pairs_train.npy"
-    digest = Digest("train-pairs").value("setting", sd).value("num_pairs", num_pairs).value("seed", seed) \
-        .code("virality/pairs.py").hexdigest()
+    val_pairs = np.asarray(split.val_pairs, np.int32).reshape(-1, 3)
+    digest = Digest("train-pairs").value("setting", sd).array("val_pairs", val_pairs) \
+        .value("num_pairs", num_pairs).value("seed", seed).code("virality/pairs.py").hexdigest()
     if is_fresh(train, digest, force):
         say(f"{train}: up to date")
     else:
         start = time.time()
-        pairs = sample_pairs(setting, num_pairs, seed)
+        pairs = sample_pairs(split.train, num_pairs, seed)
         save_npy(train, pairs.astype(np.int32))
         write_stamp(train, digest, setting=sd, num_pairs=num_pairs, seed=seed)
         say(f"{train}: {len(pairs)} pairs sampled in {time.time() - start:.2f} s")
     files["train"] = (train, digest)
-    test = out_dir / "pairs_test.npy"
-    test_pairs = np.asarray(setting.test_pairs, np.int32).reshape(-1, 3)
-    digest = Digest("test-pairs").array("test_pairs", test_pairs).hexdigest()
-    if is_fresh(test, digest, force):
-        say(f"{test}: up to date")
-    else:
-        save_npy(test, test_pairs)
-        write_stamp(test, digest)
-        say(f"{test}: {len(test_pairs)} test pairs")
-    files["test"] = (test, digest)
+    for part, arr, what in (("val", val_pairs, "validation pairs"),
+                            ("test", np.asarray(setting.test_pairs, np.int32).reshape(-1, 3), "test pairs")):
+        path = out_dir / f"pairs_{part}.npy"
+        digest = Digest(f"{part}-pairs").array("pairs", arr).hexdigest()
+        if is_fresh(path, digest, force):
+            say(f"{path}: up to date")
+        else:
+            save_npy(path, arr)
+            write_stamp(path, digest)
+            say(f"{path}: {len(arr)} {what}")
+        files[part] = (path, digest)
     return files
 
 
@@ -231,29 +239,33 @@ def build_pair_lmdbs(files, store, splits, force, quiet):
         say(f"{out}: {meta['records']} pair records in {meta['seconds']} s")
 
 
-def build_topic_lmdbs(dataset, available, store, root, fraction, seed, force, quiet):
-    from virality.pairlmdb import build_topic_lmdb, split_topic_ids
+def build_topic_lmdbs(dataset, split, store, root, seed, force, quiet):
+    """topics_{train,val}_lmdb of one setting (virality.splits.topic_split); returns counts or None."""
+    from virality.pairlmdb import build_topic_lmdb
+    from virality.splits import topic_split
 
     store_path, store_digest = store
     ids, topics = np.asarray(dataset.ids, np.int64), np.asarray(dataset.topics, np.int64)
-    keep = (topics >= 0) & np.isin(ids, available)
-    if not keep.any():
-        say(f"no topic LMDBs: dataset '{dataset.name}' has no image with a known topic")
+    if not (topics >= 0).any():
         return None
-    train, test = split_topic_ids(ids[keep], topics[keep], fraction, seed)
+    train, val = topic_split(split, ids, topics)
+    # Caffe's Data layer reads records in order: the training records are shuffled (seeded).
+    train = np.random.default_rng([seed, 7]).permutation(train)
     label_of = dict(zip(ids.tolist(), topics.tolist()))
     info = {}
-    for split, part in (("train", train), ("test", test)):
-        out = root / f"topics_{split}_lmdb"
-        labels = np.array([label_of[i] for i in part.tolist()], np.int64)
-        digest = Digest("topic-lmdb").array("ids", part).array("labels", labels).value("store", store_digest) \
+    for part, chosen in (("train", train), ("val", val)):
+        out = root / split.test.name / f"topics_{part}_lmdb"
+        labels = np.array([label_of[i] for i in chosen.tolist()], np.int64)
+        digest = Digest("topic-lmdb").array("ids", chosen).array("labels", labels).value("store", store_digest) \
             .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
-        info[split] = int(part.size)
+        info[part] = int(chosen.size)
+        if chosen.size == 0:
+            raise ValueError(f"setting {split.test.name}: no {part} image with a known topic for the Topic-CNN")
         if is_fresh(out, digest, force):
             say(f"{out}: up to date")
             continue
-        meta = build_topic_lmdb(store_path, part, labels, out, progress=not quiet)
-        write_stamp(out, digest, store=store_digest, test_fraction=fraction, seed=seed)
+        meta = build_topic_lmdb(store_path, chosen, labels, out, progress=not quiet)
+        write_stamp(out, digest, store=store_digest, seed=seed)
         say(f"{out}: {meta['records']} records, label counts {meta['label_counts']}")
     return info
 
@@ -288,11 +300,16 @@ def parse_args(argv):
                    help="an option of the dataset's adapter, e.g. test_fraction=0.25 (docs/DATASETS.md; "
                         "VALUE is read as JSON when it parses, else as text); repeatable")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pair sampling and topic split seed")
-    p.add_argument("--pair-lmdb", choices=("all", "test", "none"),
-                   help="pair LMDBs to build (default: all for synthetic, test otherwise: train with the "
-                        "pair_index feed)")
+    p.add_argument("--pair-lmdb", choices=tuple(PAIR_LMDB_SPLITS),
+                   help="pair LMDBs to build: all = train + val, val, none (default: all for synthetic, none "
+                        "otherwise: full-size models read pairs through the pair_index feed)")
     p.add_argument("--max-lmdb-gb", type=float, default=100.0, help="refuse pair LMDBs larger than this")
-    p.add_argument("--topic-test-fraction", type=float, default=0.1, help="held-out share of each topic")
+    p.add_argument("--val-pairs", type=int,
+                   help="validation pairs per setting (default: 300 synthetic, 1000 deza2015 and otherwise, fitted "
+                        "to small tables; virality.splits)")
+    p.add_argument("--val-images-per-side", type=int,
+                   help="validation images drawn from each training pool (default: 150 synthetic, 250 otherwise, "
+                        "at most a fifth of a pool when fitted)")
     p.add_argument("--resize", choices=RESIZE_MODES, default="warp")
     p.add_argument("--encoding", choices=ENCODINGS, default="raw")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS)
@@ -303,8 +320,14 @@ def parse_args(argv):
     args.sizes = args.sizes or DEFAULT_SIZES.get(args.dataset, FALLBACK_SIZES)
     args.num_pairs = args.num_pairs or DEFAULT_NUM_PAIRS.get(args.dataset, FALLBACK_NUM_PAIRS)
     args.pair_lmdb = args.pair_lmdb or DEFAULT_PAIR_LMDB.get(args.dataset, FALLBACK_PAIR_LMDB)
-    if any(s < 1 for s in args.sizes) or args.num_pairs < 1:
-        p.error("--sizes and --num-pairs must be positive")
+    from virality.splits import default_validation, has_documented_sizes
+    val = default_validation(args.dataset)
+    # sizes fitted to a small table only when none was given and the dataset has no documented ones
+    args.fit_validation = not (args.val_pairs or args.val_images_per_side or has_documented_sizes(args.dataset))
+    args.val_pairs = args.val_pairs or val["num_pairs"]
+    args.val_images_per_side = args.val_images_per_side or val["images_per_side"]
+    if any(s < 1 for s in args.sizes) or min(args.num_pairs, args.val_pairs, args.val_images_per_side) < 1:
+        p.error("--sizes, --num-pairs, --val-pairs and --val-images-per-side must be positive")
     return args
 
 
@@ -312,12 +335,14 @@ def build(args):
     """Build everything under <out-root>/<dataset>/ (the caller holds its lock)."""
     from virality.datasets.registry import load_dataset
     from virality.pairs import PairSamplingError, max_pairs
+    from virality.splits import split_setting
 
     start = time.time()
     root = args.out_root / args.dataset
     root.mkdir(parents=True, exist_ok=True)
     say(f"dataset={args.dataset} images={args.images} out={root} sizes={args.sizes} num_pairs={args.num_pairs} "
-        f"seed={args.seed} pair_lmdb={args.pair_lmdb} resize={args.resize} encoding={args.encoding}")
+        f"val_pairs={args.val_pairs} val_images_per_side={args.val_images_per_side} seed={args.seed} "
+        f"pair_lmdb={args.pair_lmdb} resize={args.resize} encoding={args.encoding}")
     data_dir = args.data_dir
     try:
         if args.dataset == "synthetic" and data_dir is None:
@@ -350,13 +375,21 @@ def build(args):
                 f"{', '.join(left_out['manifests'])})")
         summary = dict(dataset=args.dataset, synthetic=bool(dataset.synthetic), topic_names=list(dataset.topic_names),
                        images=len(items), available=int(available.size), sizes=args.sizes, seed=args.seed,
-                       num_pairs=args.num_pairs, pair_lmdb=args.pair_lmdb, lmdb_size=args.sizes[0],
-                       dataset_options=options, left_out_images=left_out, settings={})
+                       num_pairs=args.num_pairs, val_pairs=args.val_pairs,
+                       val_images_per_side=args.val_images_per_side, pair_lmdb=args.pair_lmdb,
+                       lmdb_size=args.sizes[0], dataset_options=options, left_out_images=left_out, settings={})
         for setting in settings:
             restricted, dropped = restrict_setting(setting, available)
             if dropped:
                 say(f"setting {setting.name}: left out for images not in the store: {dropped}")
-            possible = max_pairs(restricted)
+            split = split_setting(restricted, args.val_pairs, args.val_images_per_side, args.seed,
+                                  fit=args.fit_validation)
+            if args.fit_validation and (len(split.val_pairs), split.val_images.size) != \
+                    (args.val_pairs, 2 * args.val_images_per_side):
+                say(f"setting {setting.name}: validation fitted to the dataset's size: {len(split.val_pairs)} pairs "
+                    f"of {split.val_images.size} images (--val-pairs / --val-images-per-side set them; give the nets "
+                    f"that validation size: tools/make_nets.py --help)")
+            possible = max_pairs(split.train)
             if possible == 0:
                 raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "
                                         "dropped for images missing from the store): supply the images, or "
@@ -369,20 +402,21 @@ def build(args):
             if num_pairs > possible:
                 raise PairSamplingError(f"setting {setting.name} allows only {possible} training pairs; "
                                         f"pass --num-pairs {possible} or fewer (or --cap-pairs)")
-            files = build_pair_files(restricted, root, num_pairs, args.seed, args.force)
-            splits = {"all": ("train", "test"), "test": ("test",), "none": ()}[args.pair_lmdb]
+            files = build_pair_files(split, root, num_pairs, args.seed, args.force)
+            splits = PAIR_LMDB_SPLITS[args.pair_lmdb]
             record = 6 * args.sizes[0] ** 2
             need_gb = sum(len(load_npy(files[s][0], mmap=True)) for s in splits) * record / 1e9
             if need_gb > args.max_lmdb_gb:
                 raise ValueError(f"setting {setting.name}: the pair LMDBs would take {need_gb:.0f} GB "
-                                 f"(> --max-lmdb-gb {args.max_lmdb_gb}); use --pair-lmdb test and the pair_index "
+                                 f"(> --max-lmdb-gb {args.max_lmdb_gb}); use --pair-lmdb val and the pair_index "
                                  "feed, or fewer --num-pairs")
             build_pair_lmdbs(files, lmdb_store, splits, args.force, args.quiet)
-            summary["settings"][setting.name] = dict(train_pairs=num_pairs, test_pairs=len(restricted.test_pairs),
-                                                     possible_pairs=possible, dropped=dropped,
-                                                     pair_lmdbs=list(splits))
-        summary["topics"] = build_topic_lmdbs(dataset, available, lmdb_store, root, args.topic_test_fraction,
-                                              args.seed, args.force, args.quiet)
+            topics = build_topic_lmdbs(dataset, split, lmdb_store, root, args.seed, args.force, args.quiet)
+            summary["settings"][setting.name] = dict(
+                train_pairs=num_pairs, **split.sizes(), possible_pairs=possible, dropped=dropped,
+                disjoint=bool(setting.disjoint), fold=setting.fold, pair_lmdbs=list(splits), topics=topics)
+        if not (np.asarray(dataset.topics) >= 0).any():
+            say(f"no topic LMDBs: dataset '{dataset.name}' has no image with a known topic")
     except (OSError, ValueError, KeyError, StoreError) as err:
         if isinstance(err, OSError):
             err = disk_error(err, err.filename or root)

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 
 from virality.generated import generate
-from virality.nets import FEEDS, MODELS
+from virality.nets import FEEDS, MODELS, LossOptions
 from virality.paths import ROOT
+from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,15 +34,38 @@ def main(argv=None):
     parser.add_argument("--dataset", help="dataset under data/ (default: deza2015 for alexnet/vgg19, synthetic for tiny)")
     parser.add_argument("--setting", help="evaluation setting whose train/test pairs to read (docs/PROTOCOL.md)")
     parser.add_argument("--num-topics", type=int, help="Topic-CNN classes (default: 7 deza2015, 5 synthetic)")
+    parser.add_argument("--batch-size", type=int, help="pairs (ranking) or images (topic) per forward pass "
+                        "(default: the model's schedule, docs/TRAINING.md)")
+    parser.add_argument("--iter-size", type=int, help="forward passes per update (default: the schedule's); an "
+                        "update is the sum of Eq. 1 over all its pairs for any iter_size")
+    parser.add_argument("--test-batch", type=int, help="validation records per test pass (default: the schedule's)")
+    parser.add_argument("--val-records", type=int, help="validation records (pairs, or Topic-CNN images) the "
+                        "test phase reads exactly once (default: make_data's default split of the dataset)")
+    parser.add_argument("--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA,
+                        help=f"weight of E_r (default {DEFAULT_LAMBDA}, Sec. 3)")
+    parser.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON,
+                        help=f"bound of E_r's singularity (default {DEFAULT_EPSILON}, docs/LOSS.md)")
+    parser.add_argument("--normalize", action="store_true", help="divide the loss by the batch size "
+                        "(default: sum over the batch, Eq. 1)")
     args = parser.parse_args(argv)
 
-    overrides = {k: v for k, v in dict(dataset=args.dataset, setting=args.setting,
-                                       num_topics=args.num_topics).items() if v is not None}
+    overrides = {k: v for k, v in dict(dataset=args.dataset, setting=args.setting, num_topics=args.num_topics,
+                                       train_batch=args.batch_size, iter_size=args.iter_size,
+                                       test_batch=args.test_batch).items() if v is not None}
+    try:
+        loss = LossOptions(lam=args.lam, epsilon=args.epsilon, normalize=args.normalize)
+    except ValueError as err:
+        parser.error(str(err))
     print(f"make_nets: models={' '.join(args.models)} out={args.out} feed={args.feed or 'default'} "
-          f"overrides={overrides}")
+          f"overrides={overrides} loss={loss} val_records={args.val_records or 'default'}")
     for model in args.models:
-        data_cfg, paths = generate(model, args.out, args.feed, overrides)
-        print(f"  {model}: data/{data_cfg.dataset}/{data_cfg.setting} ({data_cfg.feed}) -> "
+        try:
+            data_cfg, paths = generate(model, args.out, args.feed, overrides, loss, args.val_records)
+        except ValueError as err:
+            print(f"make_nets: error: {model}: {err}", file=sys.stderr)
+            return 2
+        print(f"  {model}: data/{data_cfg.dataset}/{data_cfg.setting} ({data_cfg.feed}), batch "
+              f"{data_cfg.train_batch} x iter_size {data_cfg.iter_size} -> "
               + ", ".join(str(p.relative_to(args.out)) for p in paths))
     return 0
 

@@ -10,7 +10,9 @@ Writes an int32 .npy of shape (N, 3): I1 id, I2 id, y (+1 iff I1 is the viral /
 higher image). Pairs are distinct in either order, avoid the setting's test pairs
 (and, in a *_disjoint setting, its test images), labels are balanced, and the
 result depends only on the dataset, setting, N and seed (virality/pairs.py,
-docs/PROTOCOL.md). --test-out also writes the setting's test pairs.
+docs/PROTOCOL.md). The setting's validation set D_val is held out first, as `make data`
+does with the same seed (virality.splits: --val-pairs, --val-images-per-side, defaults per
+dataset); --val-out writes it and --test-out the setting's test pairs.
 """
 import argparse
 import sys
@@ -23,6 +25,7 @@ from virality.files import save_npy_atomic
 
 from virality.datasets.registry import dataset_names, default_setting, load_dataset
 from virality.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
+from virality.splits import default_validation, split_setting
 
 
 save_npy = save_npy_atomic
@@ -38,6 +41,9 @@ def main(argv=None):
     parser.add_argument("--data-dir", type=Path, help="the dataset's files (default: the dataset's own)")
     parser.add_argument("--images", type=Path, help="image directory (not needed to sample pairs)")
     parser.add_argument("--test-out", type=Path, help="also write the setting's test pairs here")
+    parser.add_argument("--val-out", type=Path, help="also write the validation pairs (D_val) here")
+    parser.add_argument("--val-pairs", type=int, help="validation pairs (default: the dataset's, docs/PROTOCOL.md)")
+    parser.add_argument("--val-images-per-side", type=int, help="validation images per pool (default: the dataset's)")
     parser.add_argument("--no-check", action="store_true", help="skip re-checking every constraint")
     args = parser.parse_args(argv)
     setting_name = args.setting or default_setting(args.dataset)
@@ -45,8 +51,11 @@ def main(argv=None):
           f"seed={args.seed} data_dir={args.data_dir} out={args.out}")
     try:
         dataset = load_dataset(args.dataset, data_dir=args.data_dir, images=args.images)
-        setting = dataset.setting(setting_name)
-        print(f"setting: {setting.description}")
+        val = default_validation(args.dataset)
+        split = split_setting(dataset.setting(setting_name), args.val_pairs or val["num_pairs"],
+                              args.val_images_per_side or val["images_per_side"], args.seed)
+        setting = split.train
+        print(f"setting: {setting.description}; D_val: {len(split.val_pairs)} pairs held out")
         start = time.perf_counter()
         pairs = sample_pairs(setting, args.num_pairs, args.seed)
         took = time.perf_counter() - start
@@ -58,6 +67,8 @@ def main(argv=None):
     save_npy(args.out, pairs)
     if args.test_out:
         save_npy(args.test_out, np.asarray(setting.test_pairs, dtype=np.int32))
+    if args.val_out:
+        save_npy(args.val_out, split.val_pairs)
     print(f"wrote {args.out}: {pairs.shape[0]} pairs of {max_pairs(setting)} possible, "
           f"{int((pairs[:, 2] > 0).sum())} with y=+1, sampled in {took:.2f} s"
           f"{'' if args.no_check else ', every constraint checked'}")

@@ -17,6 +17,7 @@ MODEL=VGG_ILSVRC_19_layers; docs/WEIGHTS.md): --weights-alexnet / --weights-vgg1
 models/pretrained/<zoo name>.caffemodel.
 """
 import argparse
+import re
 import os
 import sys
 from pathlib import Path
@@ -95,12 +96,20 @@ def main(argv=None):
 
 
 def _settings(source):
+    """Table 1's settings in its column order (complete, top_bottom, random), the image-disjoint
+    variant of each first; complete is its 5 folds (complete_fold0..4; the table adds their mean)."""
     if source.dataset == "synthetic":
         return ["random_disjoint", "random"]      # a scores table's settings; its world is generated later
     ds = source.load()
-    base = [s for s in ("complete", "top_bottom", "random") if s in ds.settings] or sorted(
-        s for s in ds.settings if not s.endswith("_disjoint"))
-    return [n for s in base for n in (s + "_disjoint", s) if n in ds.settings]
+    columns = [c for c in ("complete", "top_bottom", "random")
+               if any(re.fullmatch(rf"{c}(_fold\d+)?", s) for s in ds.settings)]
+    if not columns:
+        return sorted(ds.settings, key=lambda s: (s.removesuffix("_disjoint"), not s.endswith("_disjoint")))
+    names = []
+    for column in columns:
+        for base in sorted(s for s in ds.settings if re.fullmatch(rf"{column}(_fold\d+)?", s)):
+            names += [n for n in (base + "_disjoint", base) if n in ds.settings]
+    return names
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@
         --gpu 0 --lr-drops plateau
     .venv/bin/python tools/train.py --model tiny_pvcnn --resume models/tiny_pvcnn/tiny_pvcnn_iter_500.solverstate
 
+Validation (the solver's test net) reads the setting's D_val, never D_test (docs/PROTOCOL.md).
 Writes under --out (default models/<model>/): snapshots, train_log.csv, train_curves.png,
-solver.effective.prototxt. Exit status 3 when the loss became non-finite; 4 when a snapshot
-could not be written (disk full, read-only); 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which
-stop training after the current iteration, write a snapshot there and print the command that
-resumes (docs/FAILURES.md).
+solver.effective.prototxt, run.json (setting, weights, from_scratch). An alexnet/vgg19 model
+without --weights refuses to start unless --from-scratch. Exit status 3 when the loss became
+non-finite; 4 when a snapshot could not be written (disk full, read-only); 130 / 143 after
+Ctrl-C (SIGINT) / SIGTERM, which stop training after the current iteration, write a snapshot
+there and print the command that resumes (docs/FAILURES.md).
 """
 import argparse
 import shlex
@@ -38,6 +40,8 @@ def parse_args(argv):
     p.add_argument("--snapshot-interval", type=int, default=0, help="override the solver's snapshot interval")
     p.add_argument("--seed", type=int, default=1701, help="seed of numpy and Caffe")
     p.add_argument("--out", type=Path, help="output directory (default models/<model>)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train an alexnet/vgg19 model without ImageNet weights on purpose (said loudly, recorded)")
     p.add_argument("--workdir", type=Path, default=ROOT,
                    help="directory the nets' relative data paths resolve from (default: repo root)")
     return p.parse_args(argv)
@@ -68,6 +72,25 @@ def main(argv=None):
 
     import os
     os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
+    from virality.preflight import SCRATCH_BANNER, RunError, check_initialisation, write_run_record
+    try:
+        from_scratch = check_initialisation(args.model, args.weights or args.resume, args.from_scratch)
+    except RunError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    from virality.preflight import net_data_setting
+    from virality.training import read_solver, resolve_net_path
+    try:
+        dataset, setting = net_data_setting(resolve_net_path(read_solver(solver).net, solver, workdir))
+    except (RunError, OSError) as err:
+        print(f"train: note: {err}", file=sys.stderr)
+        dataset = setting = None
+    out.mkdir(parents=True, exist_ok=True)
+    record = write_run_record(out, model=args.model, dataset=dataset, setting=setting, solver=str(solver), weights=[str(w) for w in args.weights],
+                              resume=str(args.resume) if args.resume else None, from_scratch=from_scratch,
+                              command=sys.argv)
+    if from_scratch:
+        print(SCRATCH_BANNER.format(model=args.model, record=record), flush=True)
     from virality.plots import plot_training_curves, read_csv
     from virality.files import DiskError, TruncatedFile
     from virality.imagestore import StoreError

@@ -75,11 +75,16 @@ class ImageProblem(Exception):
 
 # --------------------------------------------------------------------------- reading images
 
-def load_image_bgr(path, max_pixels=MAX_PIXELS):
+def load_image_bgr(path, max_pixels=MAX_PIXELS, shrink_to=None):
     """Decode one image file to BGR uint8 (H, W, 3).
 
     Returns ``(image, notes)`` where notes lists ``(kind, detail)`` conversions
     (kinds in CONVERT_KINDS). Raises ImageProblem when the image must be skipped.
+
+    ``shrink_to=S`` (prediction: the net's image_size) bounds memory for large images: a JPEG
+    is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= 2 S, and any
+    image whose sides are at least four times S is box-filtered down by whole factors (keeping
+    both sides >= 2 S) before any colour conversion, so no float copy of the full image is made.
     """
     from PIL import Image, UnidentifiedImageError   # Pillow: installed with scikit-image
 
@@ -113,13 +118,37 @@ def load_image_bgr(path, max_pixels=MAX_PIXELS):
             if frames > 1:
                 im.seek(0)
                 notes.append(("animated", f"first of {frames} frames"))
+            if shrink_to and im.format == "JPEG":
+                im.draft(im.mode, (2 * int(shrink_to), 2 * int(shrink_to)))
             im.load()
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, EOFError ...
             raise ImageProblem("decode_error",
                                f"truncated or corrupt image data ({type(err).__name__}: {err})") from None
-        image = _to_bgr(im, notes)
+        decoded = _shrink(im, shrink_to) if shrink_to else im
+        image = _to_bgr(decoded, notes)
         image = _apply_exif_orientation(im, image, notes)
     return np.ascontiguousarray(image), notes
+
+
+_REDUCIBLE = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "CMYK", "I", "F", "YCbCr")
+
+
+def _shrink(im, side):
+    """Box-filter a decoded Pillow image down by whole factors that keep both sides >= 2 x side
+    (the final resize then averages many source pixels per output pixel, as on the full image)."""
+    fx, fy = max(1, im.width // (2 * int(side))), max(1, im.height // (2 * int(side)))
+    if max(fx, fy) < 2:
+        return im
+    if im.mode == "1":
+        im = im.convert("L")
+    elif im.mode in ("P", "PA"):           # palette indices cannot be averaged: to colours first
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode not in _REDUCIBLE:          # 16-bit grey: left as it is (2 bytes a pixel)
+        return im
+    # BOX resampling: each output pixel averages the source pixels it covers, partial ones weighted
+    # by coverage (Image.reduce would give the last row and column a whole pixel's weight).
+    from PIL import Image
+    return im.resize((round(im.width / fx), round(im.height / fy)), Image.Resampling.BOX)
 
 
 def _to_bgr(im, notes):

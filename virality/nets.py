@@ -5,7 +5,8 @@ arch in alexnet, vgg19, tiny.
 
 - PVCNN (paper Sec. 2.3, Fig. 1 without the topic branch): two towers with shared
   weights map I1, I2 to fc7; one shared fully connected layer ``score`` maps fc7
-  to the scalar virality score f_r; the ranking loss (Eqs. 1-4) compares f_r(I1)
+  to the scalar virality score f_r (our reading of "combined to a fully-connected
+  layer", docs/MODEL.md); the ranking loss (Sec. 2.4, Eqs. 1-4) compares f_r(I1)
   and f_r(I2).
 - TPVCNN (Sec. 2.5): as PVCNN, plus a frozen Topic-CNN branch (own param names,
   lr_mult 0, decay_mult 0, no dropout: its test-time features) whose fc7 is
@@ -17,6 +18,15 @@ Deploy nets are one tower: input blob ``data`` (N x 3 x crop x crop, BGR,
 (pixel - mean) * scale: see ``Architecture.mean_bgr``/``input_scale`` and docs/MODEL.md), output blob
 ``score`` (f_r) for ranking models and ``prob`` (topic probabilities) for
 Topic-CNNs.
+
+The TEST phase of every train_val net reads the setting's validation set D_val
+(``pairs_val``, ``topics_val``), never its test set: D_test is read once, by
+evaluation (docs/PROTOCOL.md).
+
+One update of a ranking net is the sum of Eq. 1 over all the pairs of the update,
+whatever ``iter_size``: Caffe divides the gradients accumulated over ``iter_size``
+passes by ``iter_size``, so the loss layer's ``loss_weight`` is ``iter_size`` when the
+loss sums (``normalize: false``) and 1 when it averages (docs/TRAINING.md).
 
 New layers are initialised from a Gaussian with std 0.05 (Sec. 3).
 """
@@ -30,7 +40,7 @@ from caffe.proto import caffe_pb2
 from virality.architectures import ARCHITECTURES, TowerNamer
 from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
 
-#: Sec. 3: "new layers ... Gaussian distribution with mean 0 and standard deviation 0.05".
+#: Sec. 3: "initial weights were sampled from a gaussian distribution with mean 0 and sigma 0.05".
 NEW_LAYER_FILLER = dict(type="gaussian", std=0.05)
 
 KINDS = ("pvcnn", "tpvcnn", "topic")
@@ -72,15 +82,19 @@ class DataConfig:
     dataset: str
     setting: str
     feed: str = "pair_lmdb"      # ranking models: "pair_lmdb" or "pair_index"
-    train_batch: int = 64        # pairs (ranking) or images (topic) per iteration
-    test_batch: int = 50
+    train_batch: int = 64        # pairs (ranking) or images (topic) per forward pass
+    test_batch: int = 50         # validation records per TEST-phase pass
     num_topics: int = 7          # Topic-CNN classes (dataset-dependent)
     seed: int = 1701             # pair_index shuffling
     data_root: str = "data"      # where <dataset>/ lives: "data" (from the repo root) or an absolute path
+    iter_size: int = 1           # passes per update (the solver's iter_size; sets the loss weight)
 
     def __post_init__(self):
         if self.feed not in FEEDS:
             raise ValueError(f"feed must be one of {FEEDS}, got '{self.feed}'")
+        for name in ("train_batch", "test_batch", "iter_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
 
     @property
     def root(self):
@@ -96,7 +110,28 @@ class DataConfig:
         return f"{self.root}/images_{size}_lmdb"
 
     def topic_lmdb(self, split):
-        return f"{self.root}/topics_{split}_lmdb"
+        return f"{self.root}/{self.setting}/topics_{split}_lmdb"
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The ranking loss layer's param_str (docs/LOSS.md): lambda (Sec. 3), epsilon (ours), normalize."""
+
+    lam: float = DEFAULT_LAMBDA
+    epsilon: float = DEFAULT_EPSILON
+    normalize: bool = False
+
+    def __post_init__(self):
+        if not self.lam >= 0 or not self.epsilon > 0:
+            raise ValueError(f"lambda must be >= 0 and epsilon > 0, got {self.lam}, {self.epsilon}")
+
+    def param_str(self):
+        return json.dumps({"lambda": self.lam, "epsilon": self.epsilon, "normalize": self.normalize})
+
+    def loss_weight(self, iter_size):
+        """Caffe averages the iter_size passes of an update: a summed loss (Eq. 1) is weighted
+        by iter_size so that the update is the sum over all its pairs."""
+        return 1.0 if self.normalize else float(iter_size)
 
 
 def _mean_values(arch, copies):
@@ -119,7 +154,7 @@ def _pair_lmdb_layer(arch, data_cfg, phase):
     """Caffe-native pair feed: one Datum per pair, 6 channels (I1 BGR, I2 BGR), label y."""
     train = phase == caffe.TRAIN
     return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
-                  source=data_cfg.pair_lmdb("train" if train else "test"),
+                  source=data_cfg.pair_lmdb("train" if train else "val"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
                   transform_param=_transform(arch, train, copies=2))
 
@@ -128,7 +163,7 @@ def _pair_index_layer(arch, data_cfg, phase):
     """Pair-index feed: batches assembled from the image store by pair index."""
     train = phase == caffe.TRAIN
     params = dict(image_store=data_cfg.image_store(arch.image_size),
-                  pairs=data_cfg.pair_index("train" if train else "test"),
+                  pairs=data_cfg.pair_index("train" if train else "val"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
                   crop_size=arch.crop_size, mean=list(arch.mean_bgr), scale=arch.input_scale, mirror=train,
                   shuffle=train, seed=data_cfg.seed)
@@ -140,7 +175,7 @@ def _pair_index_layer(arch, data_cfg, phase):
 def _topic_lmdb_layer(arch, data_cfg, phase):
     train = phase == caffe.TRAIN
     return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
-                  source=data_cfg.topic_lmdb("train" if train else "test"),
+                  source=data_cfg.topic_lmdb("train" if train else "val"),
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
                   transform_param=_transform(arch, train, copies=1))
 
@@ -186,8 +221,9 @@ def _with_test_data_layer(net, test_layer_net):
     return out
 
 
-def train_val_net(model_name, data_cfg):
-    """The train_val NetParameter of a model reading the data described by ``data_cfg``."""
+def train_val_net(model_name, data_cfg, loss=LossOptions()):
+    """The train_val NetParameter of a model reading the data described by ``data_cfg``
+    (TRAIN: D_train, TEST: D_val), with the ranking loss configured by ``loss``."""
     model = get_model(model_name)
     arch = model.architecture
     n = caffe.NetSpec()
@@ -209,9 +245,9 @@ def train_val_net(model_name, data_cfg):
         score = _ranking_branch(n, model, n.data, "", dropout=True)
         score_p = _ranking_branch(n, model, n.data_p, "_p", dropout=True)
         n.loss, n.accuracy = L.Python(
-            score, score_p, n.label, ntop=2, loss_weight=[1.0, 0.0],
+            score, score_p, n.label, ntop=2, loss_weight=[loss.loss_weight(data_cfg.iter_size), 0.0],
             python_param=dict(module="python_layers.ranking_loss", layer="RankingLoss",
-                              param_str=json.dumps({"lambda": DEFAULT_LAMBDA, "epsilon": DEFAULT_EPSILON, "normalize": False})))
+                              param_str=loss.param_str()))
     net = n.to_proto()
     net.name = model.name
     return _with_test_data_layer(net, t.to_proto())

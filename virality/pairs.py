@@ -1,7 +1,7 @@
 """Training-pair sampling, pure numpy (docs/PROTOCOL.md, "Training pairs").
 
-The seed paper (Sec. 3) feeds the network "a randomly generated ordered pair of
-images (I1, I2) from S - one from S \\ S_v, the other from S_v" and (Sec. 4.1)
+The seed paper (Sec. 2.2) feeds the network "a randomly generated ordered pair of
+images (I1, I2) from S - one from S \\ S_v, the other from S_v" and (Sec. 2.1)
 "randomly select[s] 10M of the potential 25M pairs", "distinct from the existing
 pairs in the test set". :func:`sample_pairs` does exactly that for one evaluation
 :class:`~virality.datasets.base.Setting`:
@@ -10,8 +10,9 @@ pairs in the test set". :func:`sample_pairs` does exactly that for one evaluatio
   order; ``y = +1`` iff I1 is the viral image, else ``-1``;
 - labels are balanced: exactly ``N // 2`` of each sign (an odd N gets its extra
   label by a coin flip);
-- no pair twice, in either order; no pair equal to a test pair of the setting, in
-  either order; in a disjoint setting no test image at all;
+- no pair twice, in either order; no pair equal to a test pair (or a held-out
+  validation pair, ``Setting.held_out_pairs``) of the setting, in either order; in a
+  disjoint setting no test image at all;
 - deterministic for a seed (numpy PCG64).
 
 Memory and time are bounded: a pair (v, n) is the int64 key ``v * |nonviral| + n``
@@ -82,20 +83,27 @@ def _unique_ids(values, what):
     return arr
 
 
-def _test_pairs(setting):
-    tp = np.asarray(setting.test_pairs)
+def _pair_array(setting, field):
+    tp = getattr(setting, field)
+    tp = np.asarray(tp) if tp is not None else np.empty((0, 3))
     if tp.size == 0:
         return np.empty((0, 3), dtype=np.int64)
     if tp.ndim != 2 or tp.shape[1] != 3:
-        raise PairSamplingError(f"setting '{setting.name}': test_pairs must be (M, 3), got {tp.shape}")
+        raise PairSamplingError(f"setting '{setting.name}': {field} must be (M, 3), got {tp.shape}")
     return tp.astype(np.int64)
+
+
+def _test_pairs(setting):
+    """The pairs no training pair may equal (either order): the test pairs and, when the
+    setting has them, its held-out (validation) pairs."""
+    return np.concatenate([_pair_array(setting, "test_pairs"), _pair_array(setting, "held_out_pairs")])
 
 
 def _excluded_images(setting):
     """Images no training pair may use: the test images of a disjoint setting."""
     if not setting.disjoint:
         return np.empty(0, dtype=np.int64)
-    tp = _test_pairs(setting)
+    tp = _pair_array(setting, "test_pairs")
     imgs = np.concatenate([tp[:, :2].ravel(), np.asarray(setting.test_images, dtype=np.int64).ravel()])
     return np.unique(imgs)
 
@@ -335,7 +343,7 @@ def check_pairs(pairs, setting):
         tlo, thi = np.minimum(test[:, 0], test[:, 1]), np.maximum(test[:, 0], test[:, 1])
         ok = thi < width
         if _isin_sorted(tlo[ok] * width + thi[ok], keys).any():
-            raise ValueError(f"a training pair equals a test pair of setting '{setting.name}'")
+            raise ValueError(f"a training pair equals a test (or held-out validation) pair of setting '{setting.name}'")
     banned = _excluded_images(setting)
     if banned.size and _isin_sorted(p[:, :2], banned).any():
         raise ValueError(f"a training pair uses a test image of disjoint setting '{setting.name}'")

@@ -12,6 +12,7 @@ intervals and a link to each run's own report.
 """
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,9 +238,35 @@ def base_setting(name):
     return name[:-len(DISJOINT)] if name.endswith(DISJOINT) else name
 
 
+INTERVAL_LABELS = {"wilson": "Wilson", "image-bootstrap": "image bootstrap", "fold range": "fold range"}
+FOLDS = 5
+
+
+def _interval_label(*evs):
+    names = [INTERVAL_LABELS.get(ev.get("interval"), ev.get("interval")) for ev in evs if ev and ev.get("interval")]
+    return " / ".join(dict.fromkeys(names)) or "-"
+
+
+def _fold_mean(runs_of_folds):
+    """The mean over the 5 complete folds (virality.evaluation.fold_means' rule), or None until all 5 are scored."""
+    evs = [r.status().get("evaluated") if r is not None else None for r in runs_of_folds]
+    if len(evs) != FOLDS or any(not ev or ev.get("value") is None for ev in evs):
+        return None
+    values = [ev["value"] for ev in evs]
+    return dict(metric=evs[0]["metric"], value=sum(values) / FOLDS, low=min(values), high=max(values),
+                n=sum(ev["n"] for ev in evs), interval="fold range", paper=evs[0].get("paper"))
+
+
+def _mean_cell(ev):
+    if ev is None:
+        return "not all 5 folds run"
+    return f"{100 * ev['value']:.2f} ({100 * ev['low']:.2f}-{100 * ev['high']:.2f})"
+
+
 def table_markdown(runs, entries, title, notes=(), stale=()):
-    """One table: per ranking model and base setting, the image-disjoint and the paper-protocol run
-    (ours, 95% Wilson interval) beside the paper's number; then the Topic-CNNs."""
+    """One table: per ranking model and setting, the image-disjoint run first and the paper-protocol
+    run beside it (ours, 95% interval of the type named in the row) beside the paper's number; the
+    complete setting's 5 folds each, then their mean; then the Topic-CNNs."""
     by = {(e.spec.model, e.spec.setting, e.spec.data.dataset): (e, r) for e, r in zip(entries, runs)}
     ranking = [(e, r) for e, r in zip(entries, runs) if not e.spec.model.endswith("_topic")]
     synthetic = any(r.done("prepared") and r.provenance()["dataset"].get("synthetic") for _, r in ranking)
@@ -247,26 +274,42 @@ def table_markdown(runs, entries, title, notes=(), stale=()):
     if synthetic:
         lines += ["**SYNTHETIC DATA.** These numbers come from the embedded synthetic world, not the paper's "
                   "data: the paper's numbers do not apply to it.", ""]
-    lines += ["Pairwise accuracy in % with its 95% Wilson interval (Spearman's rho x 100 for popularity "
-              "settings); each number links to its run's report. *image-disjoint*: no test image in any "
-              "training pair (the `_disjoint` setting); *paper protocol*: test pairs held out, their images "
-              "not (docs/PROTOCOL.md).", "",
-              "| model | dataset | setting | image-disjoint (ours) | paper protocol (ours) | paper |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["Pairwise accuracy in % with its 95% interval (Spearman's rho x 100 for popularity settings); each "
+              "number links to its run's report. *image-disjoint*: no test or validation image in any training "
+              "pair (the `_disjoint` setting); *paper protocol*: test pairs held out, their images not, so a model "
+              "can score by memorising which pool each test image is in (docs/PROTOCOL.md). The interval column "
+              "names each row's interval: Wilson where every test image is in one test pair, a bootstrap over "
+              "images where test images repeat (top_bottom), the lowest-highest fold for the mean of the 5 "
+              "complete folds.", "",
+              "| model | dataset | setting | image-disjoint (ours) | paper protocol (ours) | interval | paper |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     seen = []
     for e, _ in ranking:
         key = (e.spec.model, e.spec.data.dataset, base_setting(e.spec.setting))
         if key not in seen:
             seen.append(key)
-    for model, dataset, base in seen:
-        cells = []
-        paper = None
-        for setting in (base + DISJOINT, base):
+    folds_of = {}
+    for model, dataset, name in seen:
+        cells, evs, paper = [], [], None
+        for setting in (name + DISJOINT, name):
             e, r = by.get((model, setting, dataset), (None, None))
             cells.append(_cell(r, e.name, stale) if e else "-")
-            if r is not None and r.done("evaluated") and r.status()["evaluated"].get("paper") is not None:
-                paper = r.status()["evaluated"]["paper"]
-        lines.append(f"| {model} | {dataset} | {base} | {cells[0]} | {cells[1]} | {_pct(paper)} |")
+            ev = r.status().get("evaluated") if r is not None else None
+            evs.append(ev)
+            if ev and ev.get("paper") is not None:
+                paper = ev["paper"]
+        lines.append(f"| {model} | {dataset} | {name} | {cells[0]} | {cells[1]} | {_interval_label(*evs)} | "
+                     f"{_pct(paper)} |")
+        fold = re.fullmatch(r"(.+)_fold(\d+)", name)
+        if fold:
+            folds_of.setdefault((model, dataset, fold.group(1)), []).append(name)
+            if len(folds_of[(model, dataset, fold.group(1))]) == FOLDS:
+                base = fold.group(1)
+                means = [_fold_mean([by.get((model, f"{base}_fold{k}{suffix}", dataset), (None, None))[1]
+                                     for k in range(FOLDS)]) for suffix in (DISJOINT, "")]
+                paper_mean = next((m.get("paper") for m in means if m and m.get("paper") is not None), paper)
+                lines.append(f"| {model} | {dataset} | **{base}: mean of the {FOLDS} folds** | {_mean_cell(means[0])} | "
+                             f"{_mean_cell(means[1])} | fold range | {_pct(paper_mean)} |")
     topics = [(e, r) for e, r in zip(entries, runs) if e.spec.model.endswith("_topic")]
     if topics:
         lines += ["", "| Topic-CNN | dataset | frozen branch of the TPVCNNs on | accuracy on held-out topic images | run |",

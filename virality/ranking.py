@@ -1,4 +1,4 @@
-"""The paper's pairwise ranking loss (Dubey & Agarwal 2016, Sec. 2.3, Eqs. 1-4).
+"""The paper's pairwise ranking loss (Dubey & Agarwal 2016, Sec. 2.4, Eqs. 1-4).
 
 For a pair (I1, I2) with scores f1 = f_r(I1), f2 = f_r(I2) and label y (+1 when I1
 is the more viral image, -1 when I2 is):

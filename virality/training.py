@@ -391,7 +391,7 @@ class Trainer:
         per_iter = pairs_per_iteration(solver.net, iter_size)
         csv_log = CsvLog(self.out_dir / "train_log.csv", append=bool(restore))
         self.log(f"train: {max_iter - start} iterations from {start}, {per_iter} records/iteration, "
-                 f"validation every {self.val_interval} on {self.num_test} test records, "
+                 f"validation every {self.val_interval} on {self.num_test} validation (D_val) records, "
                  f"lr drops: {cfg.lr_drops}, out: {self.out_dir}")
         last_good = restore
         self.snapshot_iter, self.last_state = (start, restore) if restore else (None, None)

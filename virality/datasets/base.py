@@ -41,6 +41,11 @@ class Setting:
                  these instead of viral_pool x nonviral_pool (virality.pairs).
     per_user:    spearman settings only: rho is computed per user over that user's
                  test images and averaged over users (popularity "user_specific").
+    held_out_pairs: optional int32 (K, 3): pairs no training pair may equal (in either
+                 order) besides the test pairs: the validation pairs of a setting that
+                 is not image-disjoint (virality.splits).
+    fold:        the cross-validation fold a setting tests (deza2015 ``complete_fold<k>``);
+                 None when the setting has no folds.
     """
 
     name: str
@@ -54,6 +59,8 @@ class Setting:
     paper: dict = field(default_factory=dict)
     train_pairs: Optional[np.ndarray] = None
     per_user: bool = False
+    held_out_pairs: Optional[np.ndarray] = None
+    fold: Optional[int] = None
 
 
 @dataclass

@@ -11,10 +11,11 @@ a user-given directory of ``<img_id>.jpg`` images (the images are not shipped).
   mapped to :data:`TOPIC_NAMES`: the six largest subreddits plus "other"
   (funny 5288, pics 2684, WTF 843, aww 519, gaming 315, atheism 271, other 158).
 - viral = the 5039 highest v_score images, non-viral = the 5039 lowest
-  (seed paper Sec. 3, S_v and S \\ S_v).
-- settings ``complete``, ``top_bottom``, ``random`` (seed paper Table 1 columns)
-  and their image-disjoint variants ``<name>_disjoint``; exact definitions, the
-  evidence for them and the counts are in docs/PROTOCOL.md.
+  (seed paper Sec. 2.2, S_v and S \\ S_v).
+- settings ``complete_fold0`` .. ``complete_fold4`` (the Complete Data column, one
+  setting per fold of the published pairs), ``top_bottom``, ``random`` (seed paper
+  Table 1 columns) and their image-disjoint variants ``<name>_disjoint``; exact
+  definitions, the evidence for them and the counts are in docs/PROTOCOL.md.
 """
 import hashlib
 from pathlib import Path
@@ -33,7 +34,7 @@ DEFAULT_DIR = ROOT / "datasets" / "deza2015"
 TOPIC_NAMES = ["funny", "pics", "WTF", "aww", "gaming", "atheism", "other"]
 NUM_VIRAL = 5039
 
-#: complete: the 5039 published pairs in 5 seeded folds; one fold is the test set.
+#: complete: the 5039 published pairs in 5 seeded folds; setting complete_fold<k> tests fold k.
 COMPLETE_FOLDS = 5
 COMPLETE_SEED = 2015
 #: top_bottom: each of the 250 most / least viral images in this many test pairs.
@@ -54,7 +55,7 @@ DESCRIPTIONS = {
     "top_bottom": "Top/Bottom Split: the 250 highest vs the 250 lowest v_score images (Top_Pairs.mat), "
                   "each in 4 seeded test pairs, {n} test pairs",
     "random": "Random Split: the {n} published test pairs of split_A*_Top.mat (Top_489_pair.mat), "
-              "where the 68.10% deep-attribute baseline reproduces",
+              "the pairs of Deza & Parikh's reported 68.10% deep-attribute baseline",
 }
 
 
@@ -89,8 +90,6 @@ def verify_checksums(data_dir):
 
 
 def _complete_pairs(pair_matrix, labels, fold):
-    if not 0 <= fold < COMPLETE_FOLDS:
-        raise ValueError(f"complete_fold must be in 0..{COMPLETE_FOLDS - 1}, got {fold}")
     perm = np.random.default_rng(COMPLETE_SEED).permutation(pair_matrix.shape[0])
     rows = np.sort(np.array_split(perm, COMPLETE_FOLDS)[fold])
     return orient_pairs(pair_matrix[rows, 0], pair_matrix[rows, 1], np.where(labels[rows] == 1, 1, -1))
@@ -107,7 +106,7 @@ def _top_bottom_pairs(top, bottom):
     return orient_pairs(viral, nonviral, balanced_labels(viral.size, rng))
 
 
-def _settings(ids, scores, data_dir, complete_fold):
+def _settings(ids, scores, data_dir):
     order = np.argsort(scores, kind="stable")
     nonviral, viral = np.sort(ids[order[:NUM_VIRAL]]), np.sort(ids[order[-NUM_VIRAL:]])
     pair_matrix = _mat(data_dir, "pair_matrix.mat", "pair_matrix_spot").astype(np.int64)
@@ -132,35 +131,34 @@ def _settings(ids, scores, data_dir, complete_fold):
     if not np.array_equal(pair_matrix[rows], top489):
         raise ValueError(f"{data_dir}: Top_489_pair.mat must be the rows unique_250.mat lists of pair_matrix.mat")
 
-    test = {
-        "complete": _complete_pairs(pair_matrix, labels, complete_fold),
-        "top_bottom": _top_bottom_pairs(top, bottom),
-        # Orientation as shown to the human raters: viral on the left where the label is 1.
-        "random": orient_pairs(top489[:, 0], top489[:, 1], np.where(labels[rows] == 1, 1, -1)),
-    }
+    # (setting name, Table 1 column, fold, test pairs)
+    test = [(f"complete_fold{k}", "complete", k, _complete_pairs(pair_matrix, labels, k))
+            for k in range(COMPLETE_FOLDS)]
+    test += [("top_bottom", "top_bottom", None, _top_bottom_pairs(top, bottom)),
+             # Orientation as shown to the human raters: viral on the left where the label is 1.
+             ("random", "random", None, orient_pairs(top489[:, 0], top489[:, 1], np.where(labels[rows] == 1, 1, -1)))]
     settings = {}
-    for base, pairs in test.items():
+    for name, column, fold, pairs in test:
         images = np.unique(pairs[:, :2]).astype(np.int64)
-        desc = DESCRIPTIONS[base].format(n=pairs.shape[0], fold=complete_fold)
-        settings[base] = Setting(
-            name=base, description=desc, metric="pairwise_accuracy", test_pairs=pairs,
+        desc = DESCRIPTIONS[column].format(n=pairs.shape[0], fold=fold)
+        settings[name] = Setting(
+            name=name, description=desc, metric="pairwise_accuracy", test_pairs=pairs,
             test_images=images, viral_pool=viral, nonviral_pool=nonviral, disjoint=False,
-            paper=dict(PAPER[base]))
-        settings[f"{base}_disjoint"] = Setting(
-            name=f"{base}_disjoint", description=desc + "; no test image in any training pair",
+            paper=dict(PAPER[column]), fold=fold)
+        settings[f"{name}_disjoint"] = Setting(
+            name=f"{name}_disjoint", description=desc + "; no test image in any training pair",
             metric="pairwise_accuracy", test_pairs=pairs, test_images=images,
             viral_pool=np.setdiff1d(viral, images), nonviral_pool=np.setdiff1d(nonviral, images),
-            disjoint=True, paper={})
+            disjoint=True, paper={}, fold=fold)
     return settings
 
 
-def load(data_dir=None, images=None, verify=True, complete_fold=0):
+def load(data_dir=None, images=None, verify=True):
     """The Deza & Parikh dataset.
 
     data_dir:      the metadata directory (default datasets/deza2015 of this repository).
     images:        a directory of ``<img_id>.jpg`` files, or None (no images).
     verify:        check SHA256SUMS and the recomputed v_score against viral_datasetV2.mat.
-    complete_fold: which of the 5 folds of the published pairs the ``complete`` setting tests.
     """
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DIR
     if not data_dir.is_dir():
@@ -186,4 +184,4 @@ def load(data_dir=None, images=None, verify=True, complete_fold=0):
     return Dataset(
         name=NAME, ids=ids, scores=scores, topics=topics, topic_names=list(TOPIC_NAMES),
         image_dir=Path(images) if images is not None else None,
-        settings=_settings(ids, scores, data_dir, int(complete_fold)), image_ext=".jpg")
+        settings=_settings(ids, scores, data_dir), image_ext=".jpg")

@@ -30,6 +30,7 @@ import numpy as np
 
 from virality.datasets.base import Dataset, Setting
 from virality.datasets.csvs import check_image_names, parse_floats, read_table, user_ids
+from virality.metrics import setting_spearman, spearman  # noqa: F401  (spearman: one definition, re-exported)
 from virality.pairs import split_by_median
 
 NAME = "popularity"
@@ -138,36 +139,8 @@ def load(data_dir, images=None, image_ext=".jpg", seed=0, test_fraction=0.5, min
                    image_ext=image_ext, image_names=names)
 
 
-def spearman(predicted, actual):
-    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
-    from scipy.stats import rankdata
-
-    p, a = rankdata(np.asarray(predicted, dtype=np.float64)), rankdata(np.asarray(actual, dtype=np.float64))
-    if p.size != a.size:
-        raise ValueError(f"spearman: {p.size} predictions for {a.size} scores")
-    p, a = p - p.mean(), a - a.mean()
-    denom = np.sqrt((p * p).sum() * (a * a).sum())
-    return float((p * a).sum() / denom) if denom > 0 else float("nan")
-
-
 def evaluate(dataset, setting, predicted):
     """Spearman rho (not x 100) of ``predicted`` (aligned with ``setting.test_images``)
     against the dataset's scores; per user and averaged for a ``per_user`` setting
-    (users whose test scores or predictions are constant, or with fewer than 2 test
-    images, have no rho and are left out of the average)."""
-    predicted = np.asarray(predicted, dtype=np.float64).ravel()
-    test = np.asarray(setting.test_images, dtype=np.int64)
-    if predicted.size != test.size:
-        raise ValueError(f"setting '{setting.name}': {predicted.size} predictions for {test.size} test images")
-    order = np.argsort(dataset.ids)
-    pos = order[np.searchsorted(dataset.ids[order], test)]
-    actual = dataset.scores[pos]
-    if not setting.per_user:
-        return spearman(predicted, actual)
-    users = dataset.users[pos]
-    rhos = [spearman(predicted[users == u], actual[users == u]) for u in np.unique(users)
-            if (users == u).sum() >= 2]
-    rhos = [r for r in rhos if np.isfinite(r)]
-    if not rhos:
-        raise ValueError(f"setting '{setting.name}': no user has a defined rank correlation")
-    return float(np.mean(rhos))
+    (virality.metrics.setting_spearman, the one path evaluation uses too)."""
+    return setting_spearman(dataset, setting, predicted)[0]

@@ -8,7 +8,7 @@
 | pairs-csv    | required: image_a,image_b,label     | :func:`virality.datasets.csvs.load_pairs_csv`  |
 | synthetic    | data/synthetic/raw (generated)      | :func:`virality.datasets.csvs.load_synthetic`  |
 
-``options`` are passed to the adapter (e.g. ``complete_fold=2`` for deza2015,
+``options`` are passed to the adapter (e.g. ``verify=False`` for deza2015,
 ``seed=1`` for the csv tables); an option the adapter does not take is an error
 that lists the ones it does. docs/DATASETS.md describes each on-disk form.
 """
