@@ -6,6 +6,7 @@ iterations of the tiny model: what is checked is where things go and what is ref
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,7 +49,8 @@ def experiment(root, runs, table, attribute, *extra):
     cmd = [sys.executable, str(root / "tools/experiment.py"), "--scores", str(table), "--images",
            str(table.parent / "photos"), "--model", "tiny_pvcnn", "--attribute", attribute,
            "--runs-dir", str(runs), "--max-iter", "20", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLOG_")}   # as a user runs it
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +94,10 @@ def test_two_runs_of_one_model_on_two_datasets_keep_separate_complete_directorie
     # The pair cap is said in one line, and the small test set warned about.
     assert "all the data allows" in outs[0].stdout
     assert "WARNING: only" in outs[0].stderr
+    # make_data's stages have a progress bar (one setting here); Caffe's net dumps go to the run's caffe.log.
+    assert "settings (validation split, pairs, LMDBs): 100%" in outs[0].stderr
+    assert "Network initialization done" not in outs[0].stdout + outs[0].stderr
+    assert (runs / "tiny-a/caffe.log").is_file()
 
 
 def test_a_run_name_holding_another_experiment_is_refused_and_the_same_one_continues(root, two_runs, two_datasets):
@@ -203,6 +209,8 @@ def test_plan_runner_skips_finished_runs_and_resumes_an_interrupted_one(root, tw
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[1/2] tiny_pvcnn-random_disjoint: finished, skipped" in again.stdout
+    # One progress bar over the whole plan's iterations (150 + 150), counting the finished run's too.
+    assert re.search(r"plan \(2 runs\): 100%.*300/300", again.stderr), again.stderr[-2000:]
     resumed = [line for line in again.stdout.splitlines() if "resuming from its snapshot at iteration" in line]
     assert len(resumed) == 1 and "tiny_pvcnn-random:" in resumed[0]
     start = int(resumed[0].split("iteration ")[1].split()[0])
@@ -219,6 +227,7 @@ def test_plan_runner_skips_finished_runs_and_resumes_an_interrupted_one(root, tw
     assert third.returncode == 0, third.stderr
     assert third.stdout.count("finished, skipped") == 2
     assert "make_data" not in third.stdout and "train:" not in third.stdout
+    assert "plan (2 runs)" not in third.stderr                 # nothing left to run: no bar
 
     # Data rebuilt since a run finished: it is still skipped, but said loudly and marked in the table.
     record = json.loads((out / "tiny_pvcnn-random/run.json").read_text())

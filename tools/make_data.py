@@ -378,7 +378,9 @@ def build(args):
                        num_pairs=args.num_pairs, val_pairs=args.val_pairs,
                        val_images_per_side=args.val_images_per_side, pair_lmdb=args.pair_lmdb,
                        lmdb_size=args.sizes[0], dataset_options=options, left_out_images=left_out, settings={})
-        for setting in settings:
+        from virality.progress import progress
+        for setting in progress(settings, desc="settings (validation split, pairs, LMDBs)", unit="setting",
+                                enabled=not args.quiet):
             restricted, dropped = restrict_setting(setting, available)
             if dropped:
                 say(f"setting {setting.name}: left out for images not in the store: {dropped}")

@@ -156,6 +156,30 @@ class PlanRunner:
         summaries = self.build_data() if pending else {}
         self._write_plan(runs)
         stale = set()
+        from virality.progress import progress as progress_bar
+        total = sum(planned_iterations(e.spec) for e in self.entries)
+        bar = progress_bar(total=total, desc=f"plan ({len(self.entries)} runs)", unit="iter", enabled=bool(pending))
+        bar.update(sum(self.done_iters.values()))
+        try:
+            self._run_entries(runs, summaries, stale, bar)
+        finally:
+            bar.close()
+        notes = [f"this call: {time.time() - started:.0f} s"]
+        if stale:
+            notes.append(f"{STALE_MARK} the data these runs read has been rebuilt since they ran (a changed input or "
+                         f"builder: {', '.join(sorted(stale))}); their numbers are for the data they were trained on "
+                         "(run.json holds its digests). A new plan directory (--out) retrains on the current data.")
+        report = write_table(runs, self.entries, self.out_dir, self.title, notes=notes, stale=stale)
+        self.log(f"table: {report}")
+        return report
+
+    def _advance(self, bar, name, done):
+        """Record ``done`` iterations of run ``name`` and move the whole plan's bar by the difference."""
+        bar.update(max(done - self.done_iters.get(name, 0), 0))
+        self.done_iters[name] = done
+
+    def _run_entries(self, runs, summaries, stale, bar):
+        """Each entry in order: a finished one is checked and skipped, the others run (or resume)."""
         for index, (e, r) in enumerate(zip(self.entries, runs), 1):
             if r.finished:
                 try:
@@ -168,26 +192,18 @@ class PlanRunner:
                 continue
             self.log(f"[{index}/{len(runs)}] {e.name}: {e.spec.model} on {e.spec.data.dataset}/{e.spec.setting}")
             began, first = time.time(), r.last_state()[0] if r.done("prepared") else 0
-            self.done_iters[e.name] = first
+            self._advance(bar, e.name, first)
 
             def progress(done, max_iter, e=e, index=index, began=began, first=first):
-                self.done_iters[e.name] = done
+                self._advance(bar, e.name, done)
                 if done > first:
                     self.rate[_cost_class(e.spec)] = (time.time() - began) / (done - first)
                 self.log(self._progress_line(index, e, done, max_iter))
 
             r.run(summaries[source_key(e.spec.data)], gpu=self.gpu, progress=progress,
                   log=lambda m: self.log(f"    {m}"))
-            self.done_iters[e.name] = planned_iterations(e.spec)
+            self._advance(bar, e.name, planned_iterations(e.spec))
             self.log(f"[{index}/{len(runs)}] {e.name}: done ({_headline(r)})")
-        notes = [f"this call: {time.time() - started:.0f} s"]
-        if stale:
-            notes.append(f"{STALE_MARK} the data these runs read has been rebuilt since they ran (a changed input or "
-                         f"builder: {', '.join(sorted(stale))}); their numbers are for the data they were trained on "
-                         "(run.json holds its digests). A new plan directory (--out) retrains on the current data.")
-        report = write_table(runs, self.entries, self.out_dir, self.title, notes=notes, stale=stale)
-        self.log(f"table: {report}")
-        return report
 
     def _learn_rate(self, entry, run):
         per = run.status().get("trained", {}).get("seconds_per_iteration")
