@@ -11,13 +11,10 @@ A second call skips finished runs and resumes an interrupted one; --restart star
 See virality/demo.py for the steps.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
-
-from virality.paths import DEMO_DIR  # noqa: E402
+from virality.paths import DEMO_DIR
 
 
 def main(argv=None):
@@ -26,18 +23,22 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, default=0, help="override every solver's max_iter (smoke runs)")
     p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: make_data's)")
     p.add_argument("--restart", action="store_true", help="remove the previous demo under --out first")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <out>/caffe.log)")
     args = p.parse_args(argv)
     print(f"demo: out={args.out} max_iter={args.max_iter or 'solver default'} num_pairs={args.num_pairs or 'default'}")
     from virality.demo import run
-    from virality.runs import RunConflict, RunError
     try:
-        run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs, restart=args.restart)
-    except RunConflict as err:
-        print(f"demo: error: {err}\ndemo: --restart starts the demo afresh (or pass another --out)", file=sys.stderr)
-        return 2
-    except RunError as err:
-        print(f"demo: error: {err}", file=sys.stderr)
-        return 2
+        run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs, restart=args.restart, verbose=args.verbose)
+    except Exception as err:        # virality.runs loads Caffe, so it is imported after its logging is set
+        from virality.runs import RunConflict, RunError
+        if isinstance(err, RunConflict):
+            print(f"demo: error: {err}\ndemo: --restart starts the demo afresh (or pass another --out)",
+                  file=sys.stderr)
+            return 2
+        if isinstance(err, RunError):
+            print(f"demo: error: {err}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

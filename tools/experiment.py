@@ -24,17 +24,17 @@ test set too small for a useful interval gets a loud warning. The setting is ran
 first, as the run <name>-topic.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
-
-from virality.paths import ROOT  # noqa: E402
+from virality.paths import ROOT
 
 
 def parse_args(argv):
-    from virality.nets import FEEDS, MODELS
+    # virality.nets loads Caffe, whose logging is set up after parsing (caffe_logging): the
+    # choices come from the model table and feeds, listed here without importing it.
+    MODELS = [f"{arch}_{kind}" for arch in ("tiny", "alexnet", "vgg19") for kind in ("pvcnn", "tpvcnn")]
+    FEEDS = ("pair_lmdb", "pair_index")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     table = p.add_mutually_exclusive_group(required=True)
     table.add_argument("--scores", type=Path, help="image,score[,topic] table (one score per image)")
@@ -63,21 +63,30 @@ def parse_args(argv):
     p.add_argument("--max-iter", type=int, default=0, help="iterations (default: the model's schedule)")
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
     p.add_argument("--seed", type=int, default=1701, help="training seed (numpy and Caffe)")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <run>/caffe.log)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    from virality.datasets.registry import dataset_options
-    from virality.nets import get_model
-    from virality.runs import DataSource, RunDir, RunError, RunSpec, small_test_warning
-
     table = (args.scores or args.pairs).resolve()
     dataset = "scores-csv" if args.scores else "pairs-csv"
     attribute = args.attribute or table.stem
     name = args.name or f"{attribute}-{args.model}"
-    model = get_model(args.model)
     run_dir = (args.runs_dir / name).resolve()
+    from virality.console import caffe_logging
+    caffe_log = caffe_logging(run_dir / "caffe.log", args.verbose)     # before Caffe loads
+    from virality.datasets.registry import dataset_options
+    from virality.nets import FEEDS, MODELS, get_model
+    from virality.runs import DataSource, RunDir, RunError, RunSpec, small_test_warning
+
+    if args.model not in MODELS or args.feed not in FEEDS:
+        print(f"experiment: error: unknown --model {args.model} or --feed {args.feed}", file=sys.stderr)
+        return 2
+    model = get_model(args.model)
+    if caffe_log:
+        print(f"experiment: Caffe's full log: {caffe_log}" + ("" if args.verbose else " (--verbose to print it)"),
+              flush=True)
     options = {}
     for key, value in (("test_fraction", args.test_fraction), ("val_fraction", args.val_fraction),
                        ("seed", args.split_seed)):

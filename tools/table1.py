@@ -18,13 +18,10 @@ models/pretrained/<zoo name>.caffemodel.
 """
 import argparse
 import re
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
-
-from virality.paths import DATA_DIR, MODELS_DIR, ROOT  # noqa: E402
+from virality.paths import DATA_DIR, MODELS_DIR, ROOT
 
 ZOO_WEIGHTS = {"alexnet": MODELS_DIR / "pretrained/bvlc_alexnet.caffemodel",
                "vgg19": MODELS_DIR / "pretrained/VGG_ILSVRC_19_layers.caffemodel"}
@@ -48,11 +45,15 @@ def parse_args(argv):
     p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: make_data's, capped)")
     p.add_argument("--max-iter", type=int, default=0, help="every run's max_iter (default: the schedules')")
     p.add_argument("--snapshot", type=int, default=0, help="every run's snapshot interval (default: the schedules')")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <plan dir>/caffe.log)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    from virality.console import caffe_logging
+    out = (args.out or ROOT / "runs" / f"table1-{args.dataset}").resolve()
+    caffe_log = caffe_logging(out / "caffe.log", args.verbose)      # before Caffe loads
     from virality.plan import PlanRunner, check_plan, table1_plan
     from virality.runs import DataSource, RunError
 
@@ -74,7 +75,8 @@ def main(argv=None):
     abspath = lambda p: str(p.resolve()) if p else None  # noqa: E731
     source = DataSource(args.dataset, data_dir=abspath(args.data_dir), images=abspath(args.images),
                         data_root=data_root, num_pairs=args.num_pairs)
-    out = (args.out or ROOT / "runs" / f"table1-{args.dataset}").resolve()
+    if caffe_log:
+        print(f"table1: Caffe's full log: {caffe_log}", flush=True)
     try:
         names = args.settings or _settings(source)
         common = dict(max_iter=args.max_iter, snapshot=args.snapshot, weights=weights)

@@ -30,14 +30,19 @@ def plan(out=DEMO_DIR, max_iter=0, num_pairs=None):
     return table1_plan(source, list(SETTINGS), ["tiny"], out, max_iter=max_iter)
 
 
-def run(out=DEMO_DIR, max_iter=0, num_pairs=None, restart=False):
-    """Run the demo; return the path of the report."""
-    from virality.plan import PlanRunner
+def run(out=DEMO_DIR, max_iter=0, num_pairs=None, restart=False, verbose=False):
+    """Run the demo; return the path of the report. Caffe's whole log goes to <out>/caffe.log
+    (the console keeps its warnings and errors; ``verbose`` prints it all)."""
+    from virality.console import caffe_logging
     out = Path(out)
     if restart and out.exists():
         if not (out / "plan.json").is_file():
             raise SystemExit(f"demo: {out} holds no plan.json: not a demo directory; not removing it")
         shutil.rmtree(out)
+    caffe_log = caffe_logging(out.resolve() / "caffe.log", verbose)      # before Caffe loads
+    from virality.plan import PlanRunner
+    if caffe_log:
+        _say(f"Caffe's full log: {caffe_log}")
     t0 = time.time()
     _say("the Table 1 plan on the synthetic virality world (SYNTHETIC, not the paper's data), tiny models, CPU")
     report = PlanRunner(plan(out, max_iter, num_pairs), out,

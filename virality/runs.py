@@ -95,7 +95,7 @@ class DataSource:
         from virality.datasets import load_dataset
         return load_dataset(self.dataset, data_dir=self.data_dir, images=self.images, **self.options)
 
-    def build(self, sizes, settings, pair_lmdb, quiet=True):
+    def build(self, sizes, settings, pair_lmdb, quiet=False):
         """Run tools/make_data.py for these image sizes and settings (a no-op when up to date)."""
         cmd = [sys.executable, str(ROOT / "tools/make_data.py"), "--dataset", self.dataset,
                "--out-root", str(self.data_root), "--sizes", *map(str, sizes), "--settings", *settings,
@@ -282,11 +282,11 @@ class RunDir:
         path = Path(path).resolve()
         run = cls(path, spec)
         if path.exists():
-            if not run.run_json.is_file() and {p.name for p in path.iterdir()} - {"data"}:
+            if not run.run_json.is_file() and {p.name for p in path.iterdir()} - {"data", "caffe.log"}:
                 raise RunConflict(f"{path} exists but is not a run directory (no run.json); choose another "
                                   "run name, or remove it")
             if not run.run_json.is_file():
-                return run                      # only its own data so far (tools/experiment.py)
+                return run                      # only its own data and log so far (tools/experiment.py)
             there = read_json(run.run_json, "a run directory's run.json").get("spec", {})
             there = {**RunSpec.defaults(), **there}     # a field added since defaults to its old behaviour
             diff = _differences(there, spec.to_json())
