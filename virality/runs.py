@@ -429,7 +429,7 @@ class RunDir:
                               + text_format.MessageToString(message))
         self._mark("prepared")
         say(f"{self.name}: prepared {self.path} ({self.spec.model} on {self.spec.data.dataset}/{self.spec.setting}, "
-            f"{setting_summary.get('train_pairs', '?')} training pairs, {num_test} test-phase records)")
+            f"{setting_summary.get('train_pairs', '?')} training pairs, {num_test} validation records for the test phase)")
 
     def check_data(self):
         """Raise DataChanged when a data file the run read has changed since it was prepared."""
