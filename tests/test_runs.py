@@ -291,3 +291,54 @@ def test_a_setting_without_validation_pairs_is_refused_before_training(tmp_path)
     with pytest.raises(RunError, match="no validation pairs"):
         run.prepare({"settings": {"user_mix": {"test_pairs": 0, "val_pairs": 0, "train_pairs": 10}}})
     assert not (tmp_path / "pop" / "run.json").exists()
+
+
+class _ScoredRun:
+    """A run directory's answers that table_markdown reads: its status.json, as the runner writes it."""
+
+    def __init__(self, evaluated):
+        self._status = {"evaluated": evaluated} if evaluated else {}
+
+    def status(self):
+        return self._status
+
+    def done(self, stage):
+        return stage in self._status
+
+    def provenance(self):
+        return {"dataset": {"synthetic": False}}
+
+
+def test_table_puts_disjoint_first_names_intervals_and_means_the_five_complete_folds(tmp_path):
+    from virality.plan import PlanEntry, table_markdown
+    from virality.runs import DataSource, RunSpec
+    source = DataSource("deza2015")
+    entries, runs = [], []
+    disjoint = [0.60, 0.70, 0.80, 0.90, 1.00]        # mean 0.80, range 0.60-1.00
+    paper = [0.75, 0.75, 0.75, 0.75, 0.65]           # mean 0.73, range 0.65-0.75
+    for k in range(5):
+        for suffix, value in (("_disjoint", disjoint[k]), ("", paper[k])):
+            setting = f"complete_fold{k}{suffix}"
+            entries.append(PlanEntry(f"alexnet_pvcnn-{setting}", RunSpec("alexnet_pvcnn", setting, source)))
+            runs.append(_ScoredRun(dict(metric="pairwise_accuracy", value=value, low=value - 0.05,
+                                        high=value + 0.05, n=100, paper=60.0, interval="wilson")))
+    entries.append(PlanEntry("alexnet_pvcnn-top_bottom_disjoint", RunSpec("alexnet_pvcnn", "top_bottom_disjoint", source)))
+    runs.append(_ScoredRun(dict(metric="pairwise_accuracy", value=0.9, low=0.85, high=0.95, n=1000, paper=None,
+                                interval="image-bootstrap")))
+    entries.append(PlanEntry("alexnet_pvcnn-top_bottom", RunSpec("alexnet_pvcnn", "top_bottom", source)))
+    runs.append(_ScoredRun(None))                    # not run yet
+    table = table_markdown(runs, entries, "t").splitlines()
+    rows = [line for line in table if line.startswith("| alexnet_pvcnn")]
+    assert [r.split(" | ")[2] for r in rows] == [f"complete_fold{k}" for k in range(5)] + [
+        "**complete: mean of the 5 folds**", "top_bottom"]
+    fold0 = rows[0].split(" | ")
+    assert fold0[3].startswith("[60.00 (55.00-65.00)](alexnet_pvcnn-complete_fold0_disjoint/")   # disjoint first
+    assert fold0[4].startswith("[75.00 (70.00-80.00)](alexnet_pvcnn-complete_fold0/")
+    assert fold0[5] == "Wilson" and fold0[6].rstrip(" |") == "60.00"
+    mean = rows[5].split(" | ")
+    assert mean[3:6] == ["80.00 (60.00-100.00)", "73.00 (65.00-75.00)", "fold range"]
+    tb = rows[6].split(" | ")
+    assert tb[3].startswith("[90.00 (85.00-95.00)]") and tb[4] == "not run" and tb[5] == "image bootstrap"
+    # Four folds only: no mean row yet.
+    four = table_markdown(runs[2:], entries[2:], "t")
+    assert "mean of the 5 folds" not in four
