@@ -327,8 +327,14 @@ def test_table_puts_disjoint_first_names_intervals_and_means_the_five_complete_f
                                 interval="image-bootstrap")))
     entries.append(PlanEntry("alexnet_pvcnn-top_bottom", RunSpec("alexnet_pvcnn", "top_bottom", source)))
     runs.append(_ScoredRun(None))                    # not run yet
+    # A popularity setting is image-disjoint by design, though its name has no _disjoint.
+    entries.append(PlanEntry("alexnet_pvcnn-user_mix", RunSpec("alexnet_pvcnn", "user_mix", DataSource("popularity"))))
+    runs.append(_ScoredRun(dict(metric="spearman", value=0.18, low=None, high=None, n=150, paper=None,
+                                interval="", disjoint=True)))
     table = table_markdown(runs, entries, "t").splitlines()
-    rows = [line for line in table if line.startswith("| alexnet_pvcnn")]
+    pop = [line for line in table if "| popularity |" in line]
+    assert len(pop) == 1 and pop[0].split(" | ")[3].startswith("[rho 18.00]") and pop[0].split(" | ")[4] == "-"
+    rows = [line for line in table if line.startswith("| alexnet_pvcnn") and "| popularity |" not in line]
     assert [r.split(" | ")[2] for r in rows] == [f"complete_fold{k}" for k in range(5)] + [
         "**complete: mean of the 5 folds**", "top_bottom"]
     fold0 = rows[0].split(" | ")

@@ -314,6 +314,8 @@ def table_markdown(runs, entries, title, notes=(), stale=()):
             evs.append(ev)
             if ev and ev.get("paper") is not None:
                 paper = ev["paper"]
+        if cells[0] == "-" and evs[1] and evs[1].get("disjoint"):
+            cells, evs = [cells[1], "-"], [evs[1], None]     # image-disjoint by design (every popularity setting)
         lines.append(f"| {model} | {dataset} | {name} | {cells[0]} | {cells[1]} | {_interval_label(*evs)} | "
                      f"{_pct(paper)} |")
         fold = re.fullmatch(r"(.+)_fold(\d+)", name)

@@ -579,13 +579,14 @@ class RunDir:
         finally:
             store.close()
         scored = (f"dataset {source.dataset}" + (f" ({source.data_dir})" if source.data_dir else "")
-                  + f", setting {setting}: {result.n} test pairs")
+                  + f", setting {setting}: {result.n} test "
+                  + ("pairs" if result.metric == "pairwise_accuracy" else "images (Spearman's rho)"))
         notes = [f"Scored: {scored}; "
                  + ("the run's own data and setting." if own else
                     f"OTHER DATA, not what the run was trained on ({self.spec.data.dataset}/{self.spec.setting})."),
                  f"Run: {self.path} ({self.spec.model}, attribute '{self.spec.attribute}'); snapshot "
                  f"{self.final_snapshot().name}."]
-        warning = small_test_warning(result.n)
+        warning = small_test_warning(result.n) if result.metric == "pairwise_accuracy" else None
         if warning:
             notes.append(warning)
         if page is not None:
