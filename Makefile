@@ -20,10 +20,19 @@ WEIGHTS  ?=
 GPU      ?=
 SNAPSHOT ?=
 IMAGES   ?=
+DATA_DIR ?=
 # 1: train an alexnet/vgg19 model without ImageNet weights on purpose (tools/caffe_train.py --from-scratch)
 FROM_SCRATCH ?=
+# Experiments (tools/experiment.py, tools/table1.py): your table (SCORES= or PAIRS=), the attribute's name,
+# the run's name (default <attribute>-<model>), a run directory to evaluate, and Table 1's popularity half.
+SCORES    ?=
+PAIRS     ?=
+ATTRIBUTE ?=
+NAME      ?=
+RUN       ?=
+POPULARITY ?=
 
-.PHONY: help sysdeps venv caffe env nets test third-party-model mutants demo data train eval bench bench-torch weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test third-party-model mutants demo data train eval table1 experiment bench bench-torch weights release docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -36,6 +45,11 @@ help:
 	@echo "make train MODEL=<model> [WEIGHTS=...] [GPU=<id>] [FROM_SCRATCH=1]   caffe train -solver solvers/<model>.prototxt"
 	@echo "                  (a *_tpvcnn trains its Topic-CNN first when needed; tools/caffe_train.py)"
 	@echo "make eval MODEL=<model> DATASET=<name>              Table-1-like report of models/<model>/"
+	@echo "make eval RUN=runs/<name>                           score a run directory on its own data"
+	@echo "make table1 IMAGES=<deza jpgs> [GPU=0] [POPULARITY=<table>]   Table 1 as one resumable plan of runs"
+	@echo "make table1 DATASET=synthetic                       the same plan with the tiny models on CPU"
+	@echo "make experiment SCORES=<csv>|PAIRS=<csv> IMAGES=<dir> MODEL=<model> ATTRIBUTE=<name> [GPU=<id>]"
+	@echo "                  your own attribute: trained, evaluated and released in runs/<name>/"
 	@echo "make bench [QUICK=1]                                BENCHMARKS.md (make bench-torch first for PyTorch)"
 	@echo "make weights MODEL=bvlc_alexnet|VGG_ILSVRC_19_layers  fetch and verify Model Zoo weights"
 	@echo "make release MODEL=<model> [SNAPSHOT=...]           model directory for tools/predict.py"
@@ -78,10 +92,27 @@ demo: env
 	$(PY) tools/demo.py
 
 data: env
-	$(PY) tools/make_data.py --dataset $(DATASET) $(if $(IMAGES),--images $(IMAGES))
+	$(PY) tools/make_data.py --dataset $(DATASET) $(if $(IMAGES),--images $(IMAGES)) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 eval: env
-	$(PY) tools/evaluate.py --dataset $(DATASET) --model $(MODEL) $(if $(IMAGES),--images $(IMAGES))
+ifneq ($(RUN),)
+	$(PY) tools/evaluate.py --run-dir $(RUN) $(if $(GPU),--gpu $(GPU))
+else
+	$(PY) tools/evaluate.py --dataset $(DATASET) --model $(MODEL) $(if $(IMAGES),--images $(IMAGES)) \
+	    $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(GPU),--gpu $(GPU))
+endif
+
+# Table 1 as one plan of runs under runs/table1-<dataset>/ (tools/table1.py); the default dataset is the paper's.
+TABLE1_DATASET := $(if $(filter synthetic,$(DATASET)),synthetic,deza2015)
+table1: env
+	$(PY) tools/table1.py --dataset $(TABLE1_DATASET) $(if $(IMAGES),--images $(IMAGES)) \
+	    $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(GPU),--gpu $(GPU)) $(if $(POPULARITY),--popularity $(POPULARITY))
+
+# Your own attribute in one command (tools/experiment.py): MODEL defaults to tiny_pvcnn here too.
+experiment: env
+	$(PY) tools/experiment.py $(if $(SCORES),--scores $(SCORES)) $(if $(PAIRS),--pairs $(PAIRS)) \
+	    $(if $(IMAGES),--images $(IMAGES)) --model $(MODEL) $(if $(ATTRIBUTE),--attribute $(ATTRIBUTE)) \
+	    $(if $(NAME),--name $(NAME)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU))
 
 train: env
 	$(PY) tools/caffe_train.py $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(GPU),--gpu $(GPU)) $(if $(FROM_SCRATCH),--from-scratch)

@@ -146,7 +146,7 @@ def test_every_committed_solver_reads_the_default_validation_set_exactly_once(ro
     from caffe.proto import caffe_pb2
 
     from virality.nets import MODELS
-    from virality.runs import test_batch_size
+    from virality.preflight import test_batch_size
     from virality.splits import default_validation
     from virality.weights import read_net_param
 
@@ -164,7 +164,7 @@ def test_every_committed_solver_reads_the_default_validation_set_exactly_once(ro
 
 def test_coverage_check_refuses_a_test_phase_that_misses_or_repeats_records(root, synthetic_data, tmp_path):
     from virality.generated import generate
-    from virality.runs import RunError, check_test_coverage
+    from virality.preflight import RunError, check_test_coverage
     from virality.training import read_solver
     from virality.weights import read_net_param
 
@@ -243,7 +243,7 @@ def test_one_update_with_iter_size_k_equals_one_pass_over_the_same_pairs(synthet
 # ----------------------------------------------------------------------------- --from-scratch
 
 def test_make_train_refuses_an_imagenet_model_without_weights_unless_from_scratch(root):
-    from virality.runs import RunError, check_initialisation
+    from virality.preflight import RunError, check_initialisation
 
     run = subprocess.run([PY, str(root / "tools/caffe_train.py"), "alexnet_pvcnn"], cwd=root,
                          capture_output=True, text=True, timeout=120)

@@ -1,9 +1,11 @@
 """The user's workflow: metrics, the training driver (NaN stop, plateau drops, exact validation),
 prediction on broken files, and the evaluation report."""
 import csv
+import os
 import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,10 +123,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_snapshot(root, toy_projec
 
 
 def test_train_driver_validates_and_writes_log_and_curves(root, toy_project, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLOG_")}   # as a user runs it
     out = subprocess.run([sys.executable, str(root / "tools/train.py"), "--model", "tiny_pvcnn",
                           "--workdir", str(toy_project), "--out", str(tmp_path / "run"),
-                          "--max-iter", "60", "--val-interval", "30"], capture_output=True, text=True, timeout=600)
+                          "--max-iter", "60", "--val-interval", "30"], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert out.returncode == 0, out.stdout + out.stderr
+    # Caffe's net dumps go to the run's caffe.log, not the console; the configuration is readable lines.
+    assert "Network initialization done" in (tmp_path / "run/caffe.log").read_text()
+    assert "Network initialization done" not in out.stdout + out.stderr
+    assert "TrainConfig(" not in out.stdout and re.search(r"\n  max_iter: +60\n", out.stdout)
+    assert len((out.stdout + out.stderr).splitlines()) < 60
     with open(tmp_path / "run/train_log.csv") as f:
         rows = list(csv.DictReader(f))
     vals = [float(r["val_accuracy"]) for r in rows if r["val_accuracy"]]

@@ -10,7 +10,7 @@ with the steps a model needs first done in order.
   (virality.weights: every pretrained layer must load into both towers), so a wrong file
   fails before training instead of being ignored by Caffe. Without --weights such a model
   refuses to start unless --from-scratch (FROM_SCRATCH=1) is given; then it says so loudly
-  and models/<model>/run.json records it (virality.runs).
+  and models/<model>/run.json records it (virality.preflight).
 - Caffe's test phase must read the validation set (D_val) exactly once: test_iter x the TEST
   batch is checked against the validation records before Caffe starts.
 - A TPVCNN needs its Topic-CNN, trained for the same setting (only on images the ranking model
@@ -34,7 +34,7 @@ CAFFE = ROOT / ".venv" / "bin" / "caffe"
 
 
 def caffe_train(model, weights=None, gpu=None, from_scratch=False):
-    from virality.runs import SCRATCH_BANNER, check_test_coverage, net_data_setting, write_run_record
+    from virality.preflight import SCRATCH_BANNER, check_test_coverage, net_data_setting, write_run_record
     from virality.training import read_solver
     from virality.weights import read_net_param
 
@@ -62,7 +62,7 @@ def caffe_train(model, weights=None, gpu=None, from_scratch=False):
 
 def check_topic_setting(model, topic):
     """The Topic-CNN snapshot must come from the TPVCNN's setting (its training images depend on it)."""
-    from virality.runs import net_data_setting, read_run_record
+    from virality.preflight import net_data_setting, read_run_record
 
     want = net_data_setting(ROOT / "prototxt" / model / "train_val.prototxt")
     net = net_data_setting(ROOT / "prototxt" / topic / "train_val.prototxt")
@@ -98,7 +98,7 @@ def main(argv=None):
                    help="train an alexnet/vgg19 model without ImageNet weights on purpose (said loudly, recorded)")
     args = p.parse_args(argv)
     os.environ.setdefault("GLOG_logtostderr", "1")
-    from virality.runs import RunError, check_initialisation
+    from virality.preflight import RunError, check_initialisation
     model = get_model(args.model)
     weights = args.weights.resolve() if args.weights else None
 

@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
-"""The main job on the embedded synthetic dataset (`make demo`): data, three tiny models
-trained on CPU for every setting, evaluation, report and figures under demo/.
+"""The main job on the embedded synthetic dataset (`make demo`): the Table 1 plan of runs with the
+tiny models on CPU (tiny_topic, then tiny_pvcnn and tiny_tpvcnn on random_disjoint and random),
+each trained, evaluated and released in its own run directory under demo/; the table in
+demo/report.md.
 
-    .venv/bin/python tools/demo.py                 # the full demo (about 10 minutes on 2 cores)
-    .venv/bin/python tools/demo.py --max-iter 100  # a quick smoke run
+    .venv/bin/python tools/demo.py                 # the full demo (about 3 minutes on 2 cores)
+    .venv/bin/python tools/demo.py --max-iter 100  # a quick smoke run (into another --out, or --restart)
 
+A second call skips finished runs and resumes an interrupted one; --restart starts afresh.
 See virality/demo.py for the steps.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("GLOG_minloglevel", "2")
-
-from virality.paths import DEMO_DIR  # noqa: E402
+from virality.paths import DEMO_DIR
 
 
 def main(argv=None):
@@ -22,10 +22,23 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=DEMO_DIR, help="output directory (default demo/)")
     p.add_argument("--max-iter", type=int, default=0, help="override every solver's max_iter (smoke runs)")
     p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: make_data's)")
+    p.add_argument("--restart", action="store_true", help="remove the previous demo under --out first")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <out>/caffe.log)")
     args = p.parse_args(argv)
     print(f"demo: out={args.out} max_iter={args.max_iter or 'solver default'} num_pairs={args.num_pairs or 'default'}")
     from virality.demo import run
-    run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs)
+    try:
+        run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs, restart=args.restart, verbose=args.verbose)
+    except Exception as err:        # virality.runs loads Caffe, so it is imported after its logging is set
+        from virality.runs import RunConflict, RunError
+        if isinstance(err, RunConflict):
+            print(f"demo: error: {err}\ndemo: --restart starts the demo afresh (or pass another --out)",
+                  file=sys.stderr)
+            return 2
+        if isinstance(err, RunError):
+            print(f"demo: error: {err}", file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -272,6 +272,17 @@ def build_topic_lmdbs(dataset, split, store, root, seed, force, quiet):
 
 # --------------------------------------------------------------------------- main
 
+def dataset_option(text):
+    """KEY=VALUE -> (key, value); VALUE as JSON when it parses (0.25, 3, true), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--dataset-option wants KEY=VALUE, got '{text}'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def parse_args(argv):
     from virality.datasets.registry import dataset_names
 
@@ -283,6 +294,11 @@ def parse_args(argv):
     p.add_argument("--sizes", type=int, nargs="+", help="image store sizes (default: 36 synthetic, 256 otherwise)")
     p.add_argument("--settings", nargs="+", help="settings to build (default: all of the dataset's)")
     p.add_argument("--num-pairs", type=int, help="training pairs per setting (default: 20000 synthetic, 10M otherwise)")
+    p.add_argument("--cap-pairs", action="store_true",
+                   help="cap --num-pairs at what each setting allows (said in one line) instead of refusing")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", type=dataset_option,
+                   help="an option of the dataset's adapter, e.g. test_fraction=0.25 (docs/DATASETS.md; "
+                        "VALUE is read as JSON when it parses, else as text); repeatable")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="pair sampling and topic split seed")
     p.add_argument("--pair-lmdb", choices=tuple(PAIR_LMDB_SPLITS),
                    help="pair LMDBs to build: all = train + val, val, none (default: all for synthetic, none "
@@ -332,7 +348,8 @@ def build(args):
         if args.dataset == "synthetic" and data_dir is None:
             data_dir = root / "raw"
             ensure_synthetic_raw(data_dir, args.force)
-        dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images)
+        options = dict(args.dataset_option)
+        dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images, **options)
         if dataset.synthetic:
             say("NOTE: this dataset is SYNTHETIC (virality/synthetic.py), not real virality data")
         names = args.settings or sorted(dataset.settings)
@@ -360,8 +377,10 @@ def build(args):
                        images=len(items), available=int(available.size), sizes=args.sizes, seed=args.seed,
                        num_pairs=args.num_pairs, val_pairs=args.val_pairs,
                        val_images_per_side=args.val_images_per_side, pair_lmdb=args.pair_lmdb,
-                       lmdb_size=args.sizes[0], left_out_images=left_out, settings={})
-        for setting in settings:
+                       lmdb_size=args.sizes[0], dataset_options=options, left_out_images=left_out, settings={})
+        from virality.progress import progress
+        for setting in progress(settings, desc="settings (validation split, pairs, LMDBs)", unit="setting",
+                                enabled=not args.quiet):
             restricted, dropped = restrict_setting(setting, available)
             if dropped:
                 say(f"setting {setting.name}: left out for images not in the store: {dropped}")
@@ -377,10 +396,15 @@ def build(args):
                 raise PairSamplingError(f"setting {setting.name} has no training pairs left ({dropped or 'none'} "
                                         "dropped for images missing from the store): supply the images, or "
                                         "choose other --settings")
-            if args.num_pairs > possible:
+            num_pairs = args.num_pairs
+            if num_pairs > possible and args.cap_pairs:
+                num_pairs = possible
+                say(f"setting {setting.name}: {possible:,} training pairs, all the data allows "
+                    f"(--num-pairs {args.num_pairs:,} capped)")
+            if num_pairs > possible:
                 raise PairSamplingError(f"setting {setting.name} allows only {possible} training pairs; "
-                                        f"pass --num-pairs {possible} or fewer")
-            files = build_pair_files(split, root, args.num_pairs, args.seed, args.force)
+                                        f"pass --num-pairs {possible} or fewer (or --cap-pairs)")
+            files = build_pair_files(split, root, num_pairs, args.seed, args.force)
             splits = PAIR_LMDB_SPLITS[args.pair_lmdb]
             record = 6 * args.sizes[0] ** 2
             need_gb = sum(len(load_npy(files[s][0], mmap=True)) for s in splits) * record / 1e9
@@ -391,7 +415,7 @@ def build(args):
             build_pair_lmdbs(files, lmdb_store, splits, args.force, args.quiet)
             topics = build_topic_lmdbs(dataset, split, lmdb_store, root, args.seed, args.force, args.quiet)
             summary["settings"][setting.name] = dict(
-                train_pairs=args.num_pairs, **split.sizes(), possible_pairs=possible, dropped=dropped,
+                train_pairs=num_pairs, **split.sizes(), possible_pairs=possible, dropped=dropped,
                 disjoint=bool(setting.disjoint), fold=setting.fold, pair_lmdbs=list(splits), topics=topics)
         if not (np.asarray(dataset.topics) >= 0).any():
             say(f"no topic LMDBs: dataset '{dataset.name}' has no image with a known topic")

@@ -9,7 +9,8 @@
 
 Validation (the solver's test net) reads the setting's D_val, never D_test (docs/PROTOCOL.md).
 Writes under --out (default models/<model>/): snapshots, train_log.csv, train_curves.png,
-solver.effective.prototxt, run.json (setting, weights, from_scratch). An alexnet/vgg19 model
+solver.effective.prototxt, run.json (setting, weights, from_scratch), and caffe.log: Caffe's
+whole log (the console keeps its warnings and errors; --verbose prints it all, --log moves it). An alexnet/vgg19 model
 without --weights refuses to start unless --from-scratch. Exit status 3 when the loss became
 non-finite; 4 when a snapshot could not be written (disk full, read-only); 5 when a solver
 rank of --gpus failed; 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which stop training after the current iteration, write a snapshot
@@ -46,6 +47,8 @@ def parse_args(argv):
     p.add_argument("--out", type=Path, help="output directory (default models/<model>)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train an alexnet/vgg19 model without ImageNet weights on purpose (said loudly, recorded)")
+    p.add_argument("--log", type=Path, help="Caffe's full log (default <out>/caffe.log)")
+    p.add_argument("--verbose", action="store_true", help="print Caffe's whole log on the console too")
     p.add_argument("--workdir", type=Path, default=ROOT,
                    help="directory the nets' relative data paths resolve from (default: repo root)")
     return p.parse_args(argv)
@@ -73,16 +76,18 @@ def main(argv=None):
         print(f"train: solver {solver} not found (see `make nets`)", file=sys.stderr)
         return 2
     out = (args.out or workdir / "models" / args.model).resolve()
+    from virality.console import caffe_logging, config_lines
+    caffe_log = caffe_logging((args.log or out / "caffe.log").resolve(), args.verbose)   # before Caffe loads
 
     import os
     os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
-    from virality.runs import SCRATCH_BANNER, RunError, check_initialisation, write_run_record
+    from virality.preflight import SCRATCH_BANNER, RunError, check_initialisation, write_run_record
     try:
         from_scratch = check_initialisation(args.model, args.weights or args.resume, args.from_scratch)
     except RunError as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
-    from virality.runs import net_data_setting
+    from virality.preflight import net_data_setting
     from virality.training import read_solver, resolve_net_path
     try:
         dataset, setting = net_data_setting(resolve_net_path(read_solver(solver).net, solver, workdir))
@@ -124,8 +129,11 @@ def main(argv=None):
                          resume=args.resume.resolve() if args.resume else None, gpu=args.gpu,
                          lr_drops=args.lr_drops, val_interval=args.val_interval, patience=args.patience,
                          max_iter=args.max_iter, snapshot_interval=args.snapshot_interval, seed=args.seed)
-    print(f"train: model={args.model} config={config}")
+    print(config_lines(f"train: {args.model}", config))
+    if caffe_log:
+        print(f"train: Caffe's full log: {caffe_log}" + ("" if args.verbose else " (--verbose to print it)"))
     status = 0
+    trainer = None
     try:
         trainer = Trainer(config)
         if gpus:
@@ -153,7 +161,8 @@ def main(argv=None):
     log = out / "train_log.csv"
     if log.exists():
         try:
-            plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model)
+            plot_training_curves(read_csv(log), out / "train_curves.png", title=args.model,
+                                 n_val=getattr(trainer, "num_test", None))
             print(f"train: log {log}, curves {out / 'train_curves.png'}")
         except OSError as err:
             print(f"train: log {log}; the curves could not be written: {err}", file=sys.stderr)

@@ -108,7 +108,7 @@ def evaluate_run(run, dataset, store, net=None):
 
 def trained_setting(train_val_path):
     """(dataset, setting) a train_val net reads, from its TRAIN data source path."""
-    from virality.runs import net_data_setting
+    from virality.preflight import net_data_setting
     return net_data_setting(train_val_path)
 
 

@@ -32,7 +32,6 @@ import errno
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -296,40 +295,6 @@ def parse_datum(value):
 
 # --------------------------------------------------------------------------- writing LMDBs
 
-class Progress:
-    """A small progress bar on stderr (\\r-updated on a terminal, a line per 10% otherwise)."""
-
-    def __init__(self, total, desc, enabled=True, stream=None):
-        self.total, self.desc, self.enabled = max(int(total), 0), desc, enabled
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.count, self.start, self.last, self.last_decile = 0, time.time(), 0.0, 0
-
-    def update(self, n=1):
-        self.count += n
-        if not self.enabled:
-            return
-        now = time.time()
-        decile = (10 * self.count // self.total) if self.total else 10
-        if self.tty and (now - self.last > 0.2 or self.count >= self.total):
-            self.last = now
-            self.stream.write("\r" + self._line(now))
-            self.stream.flush()
-        elif not self.tty and decile > self.last_decile:
-            self.last_decile = decile
-            self.stream.write(self._line(now) + "\n")
-
-    def _line(self, now):
-        frac = self.count / self.total if self.total else 1.0
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        rate = self.count / max(now - self.start, 1e-9)
-        return f"{self.desc} [{bar}] {self.count}/{self.total} ({rate:.0f}/s)"
-
-    def close(self):
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-
-
 def lmdb_bytes(records, value_bytes):
     """About how many bytes an LMDB of ``records`` values of ``value_bytes`` each takes on disk
     (values over a page go to whole overflow pages; keys, page headers and the tree on top)."""
@@ -499,7 +464,8 @@ def build_image_store(items, out, size, resize="warp", encoding="raw", max_pixel
     start = time.time()
     if encoding == "raw":
         check_free_space(Path(out).parent, lmdb_bytes(len(tasks), 3 * size * size + 32), f"the image store {out}")
-    bar = Progress(len(tasks), f"image store {Path(out).name}", enabled=progress)
+    from virality.progress import progress as progress_bar
+    bar = progress_bar(total=len(tasks), desc=f"image store {Path(out).name}", unit="img", enabled=progress)
     with atomic_dir(out) as tmp:
         writer = LmdbWriter(tmp, expected_bytes=len(tasks) * (3 * size * size + 256), final=out)
         if workers > 1:

@@ -74,7 +74,9 @@ class DataConfig:
     """Where a train_val net reads its data from, and how it batches it.
 
     Paths are relative to the project root (Caffe resolves them from the cwd:
-    run from the repo root, as the Makefile does).
+    run from the repo root, as the Makefile does), unless ``data_root`` is an
+    absolute directory: a run's nets (virality/runs.py) read ``<data_root>/<dataset>``
+    by absolute path, so they work from any working directory.
     """
 
     dataset: str
@@ -84,6 +86,7 @@ class DataConfig:
     test_batch: int = 50         # validation records per TEST-phase pass
     num_topics: int = 7          # Topic-CNN classes (dataset-dependent)
     seed: int = 1701             # pair_index shuffling
+    data_root: str = "data"      # where <dataset>/ lives: "data" (from the repo root) or an absolute path
     iter_size: int = 1           # passes per update (the solver's iter_size; sets the loss weight)
 
     def __post_init__(self):
@@ -95,7 +98,7 @@ class DataConfig:
 
     @property
     def root(self):
-        return f"data/{self.dataset}"
+        return f"{self.data_root}/{self.dataset}"
 
     def pair_lmdb(self, split):
         return f"{self.root}/{self.setting}/pairs_{split}_lmdb"

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from virality.files import check_free_space
-from virality.imagestore import (IDS_FILE, META_FILE, ImageStore, LmdbWriter, Progress, StoreError, atomic_dir,
+from virality.imagestore import (IDS_FILE, META_FILE, ImageStore, LmdbWriter, StoreError, atomic_dir,
                                  check_records, key, lmdb_bytes, open_lmdb, parse_datum, read_meta, spread,
                                  write_json)
+from virality.progress import progress as progress_bar
 
 PAIR_FORMAT = "virality-pair-lmdb/1"
 TOPIC_FORMAT = "virality-topic-lmdb/1"
@@ -62,7 +63,7 @@ def build_pair_lmdb(store_path, pairs, out, progress=True, extra_meta=None):
         s = store.size
         check_free_space(Path(out).parent, lmdb_bytes(len(pairs), 6 * s * s + 32), f"the pair LMDB {out}")
         start = time.time()
-        bar = Progress(len(pairs), f"pair lmdb {Path(out).name}", enabled=progress)
+        bar = progress_bar(total=len(pairs), desc=f"pair lmdb {Path(out).name}", unit="pair", enabled=progress)
         with atomic_dir(out) as tmp:
             writer = LmdbWriter(tmp, expected_bytes=len(pairs) * (6 * s * s + 64), final=out)
             buf = np.empty((6, s, s), np.uint8)
@@ -133,7 +134,7 @@ def build_topic_lmdb(store_path, ids, labels, out, progress=True, extra_meta=Non
             check_free_space(Path(out).parent, lmdb_bytes(len(ids), 3 * store.size ** 2 + 32),
                              f"the topic LMDB {out}")
         start = time.time()
-        bar = Progress(len(ids), f"topic lmdb {Path(out).name}", enabled=progress)
+        bar = progress_bar(total=len(ids), desc=f"topic lmdb {Path(out).name}", unit="img", enabled=progress)
         with atomic_dir(out) as tmp:
             writer = LmdbWriter(tmp, expected_bytes=len(ids) * (3 * store.size ** 2 + 64), final=out)
             datum = caffe_pb2.Datum()

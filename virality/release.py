@@ -251,12 +251,15 @@ def score_distribution(net, store_path, pairs_path, spec, limit=DISTRIBUTION_LIM
 
 
 def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force=False, stream=None,
-                 reference=None, distribution_limit=DISTRIBUTION_LIMIT, show_progress=True, attribute="virality"):
+                 reference=None, distribution_limit=DISTRIBUTION_LIMIT, show_progress=True, attribute="virality",
+                 deploy=None, train_val=None):
     """Write the release directory of ``model_name`` from ``snapshot``. Returns (Release, LoadReport).
 
     ``reference=(image store, pair file)`` of the training images gives the release its score
     distribution (ranking models); None writes ``score_distribution: null`` (percentiles unknown).
-    ``attribute``: what the score ranks ("virality"; "memorability", ... for other pairwise data).
+    ``attribute``: what the score ranks ("virality"; "brightness", "memorability", ... for other
+    pairwise data), recorded in metadata.json and used by tools/predict.py's output.
+    ``deploy``, ``train_val``: the nets of a run directory (default: the committed prototxt/<model>/).
     """
     from virality.architectures import ARCHITECTURES
     from virality.nets import get_model
@@ -268,7 +271,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
     except ValueError as e:
         raise ReleaseError(str(e)) from None
     arch = ARCHITECTURES[model.arch]
-    deploy_src = PROTOTXT_DIR / model_name / DEPLOY_FILE
+    deploy_src = Path(deploy) if deploy else PROTOTXT_DIR / model_name / DEPLOY_FILE
     if not deploy_src.is_file():
         raise ReleaseError(f"{deploy_src}: no deploy net; generate it with `make nets`")
     snapshot = Path(snapshot) if snapshot else default_snapshot(model_name)
@@ -305,7 +308,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
         net.save(str(tmp / caffemodel_name))
         del net
         caffemodel_sha = sha256_file(tmp / caffemodel_name)
-        train_val = PROTOTXT_DIR / model_name / "train_val.prototxt"
+        train_val = Path(train_val) if train_val else PROTOTXT_DIR / model_name / "train_val.prototxt"
         output = ({"blob": "score", "meaning": f"f_r, the image's {attribute} score (no unit; higher = more "
                                               f"{attribute}); image 1 beats image 2 iff its score is higher"}
                   if output_blob == "score" else

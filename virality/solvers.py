@@ -102,6 +102,14 @@ def test_iterations(val_records, test_batch):
     return val_records // test_batch
 
 
+def covering_test_batch(val_records, largest):
+    """The largest test batch <= ``largest`` that divides ``val_records``, so that
+    :func:`test_iterations` covers them exactly once (a run directory fits its nets to its data)."""
+    if val_records < 1:
+        raise ValueError("the test phase has no validation records")
+    return max(b for b in range(1, min(val_records, largest) + 1) if val_records % b == 0)
+
+
 def solver(model_name, net_path, snapshot_prefix, data_cfg=None, val_records=None):
     """The SolverParameter of a model (paths relative to the repo root).
 

@@ -273,9 +273,12 @@ def write_effective_solver(param, out_dir):
 class Trainer:
     """Runs one training job (see the module docstring)."""
 
-    def __init__(self, config, log=print):
+    def __init__(self, config, log=print, progress=None):
+        """``progress(done, max_iter)``, when given, is called with every progress line
+        (the experiment plan's whole-plan ETA, virality/plan.py)."""
         self.cfg = config
         self.log = log
+        self.progress = progress
         self.base = read_solver(config.solver_path)
         if config.max_iter:
             self.base.max_iter = config.max_iter
@@ -441,6 +444,8 @@ class Trainer:
                     if val_acc is not None:
                         msg += f" val_accuracy {val_acc:.4f}"
                     self.log(msg)
+                    if self.progress:
+                        self.progress(done, max_iter)
                     window_losses, window_acc, window_t = [], [], now
                 if val_acc is not None and cfg.lr_drops == "plateau" and self.dropper.update(val_acc):
                     state = self.snapshot(solver)
