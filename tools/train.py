@@ -76,6 +76,22 @@ def main(argv=None):
         print(f"train: solver {solver} not found (see `make nets`)", file=sys.stderr)
         return 2
     out = (args.out or workdir / "models" / args.model).resolve()
+    from virality.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
+    gpus = None
+    if args.gpus is not None:
+        try:
+            gpus = parse_gpus(args.gpus)
+        except MultiGpuError as err:
+            print(f"train: error: {err}", file=sys.stderr)
+            return 2
+        if args.gpu is not None:
+            print("train: error: give --gpu or --gpus, not both", file=sys.stderr)
+            return 2
+        if not engine_has_nccl():
+            print("train: error: --gpus needs an engine built with NCCL: `make caffe CUDA=1` "
+                  "(USE_NCCL=1 is its default; docs/GPU.md)", file=sys.stderr)
+            return 2
+        args.gpu = gpus[0]
     from virality.console import caffe_logging, config_lines
     caffe_log = caffe_logging((args.log or out / "caffe.log").resolve(), args.verbose)   # before Caffe loads
 
@@ -94,22 +110,6 @@ def main(argv=None):
     except (RunError, OSError) as err:
         print(f"train: note: {err}", file=sys.stderr)
         dataset = setting = None
-    from virality.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
-    gpus = None
-    if args.gpus is not None:
-        try:
-            gpus = parse_gpus(args.gpus)
-        except MultiGpuError as err:
-            print(f"train: error: {err}", file=sys.stderr)
-            return 2
-        if args.gpu is not None:
-            print("train: error: give --gpu or --gpus, not both", file=sys.stderr)
-            return 2
-        if not engine_has_nccl():
-            print("train: error: --gpus needs an engine built with NCCL: `make caffe CUDA=1` "
-                  "(USE_NCCL=1 is its default; docs/GPU.md)", file=sys.stderr)
-            return 2
-        args.gpu = gpus[0]
     out.mkdir(parents=True, exist_ok=True)
     record = write_run_record(out, model=args.model, dataset=dataset, setting=setting, solver=str(solver), weights=[str(w) for w in args.weights],
                               resume=str(args.resume) if args.resume else None, from_scratch=from_scratch,

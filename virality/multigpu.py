@@ -57,9 +57,12 @@ def parse_gpus(text):
 
 def engine_has_nccl():
     """Whether this Caffe was built with NCCL (USE_NCCL): without it, caffe.NCCL aborts the process."""
-    import caffe
+    import importlib.util
     from pathlib import Path
-    lib = Path(caffe.__file__).resolve().parents[4] / "lib"     # <engine>/lib/python3/dist-packages/caffe
+    spec = importlib.util.find_spec("caffe")       # found, not imported: glog is configured before Caffe loads
+    if spec is None or spec.origin is None:
+        return False
+    lib = Path(spec.origin).resolve().parents[4] / "lib"     # <engine>/lib/python3/dist-packages/caffe
     return any(b"libnccl.so" in f.read_bytes() for f in lib.glob("libcaffe.so*") if f.is_file())
 
 
