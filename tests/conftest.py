@@ -16,3 +16,11 @@ def root():
 @pytest.fixture(scope="session")
 def caffe_cli(root):
     return root / ".venv" / "bin" / "caffe"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A feed a test left open must not keep the run from ending: close it, and say so."""
+    import sys
+    workers = sys.modules.get("virality.pair_workers")
+    if workers is not None and workers.close_live_feeds():
+        print("\nconftest: a test left a worker-process pair feed open; closed at session end", file=sys.stderr)

@@ -25,16 +25,34 @@ How it works:
   error the feed is closed; nothing is retried silently.
 """
 import mmap
+import atexit
 import multiprocessing as mp
 import os
 import queue
 import signal
 import traceback
+import weakref
 
 import numpy as np
 
 #: seconds between checks that the other side is alive
 POLL_S = 0.5
+
+#: feeds not closed yet: closed at exit, so a process that never called close() still ends
+#: (its workers joined, or killed) instead of waiting on them forever.
+_LIVE_FEEDS = weakref.WeakSet()
+
+
+def close_live_feeds():
+    """Close every feed of this process that is still open; returns how many there were."""
+    feeds = list(_LIVE_FEEDS)
+    for feed in feeds:
+        feed.close()
+    return len(feeds)
+
+
+# Registered after multiprocessing's own exit handler, so it runs before it (atexit is LIFO).
+atexit.register(close_live_feeds)
 
 
 class WorkerError(RuntimeError):
@@ -103,6 +121,7 @@ class WorkerFeed:
                        for i in range(int(workers))]
         for proc in self._procs:
             proc.start()
+        _LIVE_FEEDS.add(self)
         self._fill()
 
     @property
@@ -152,6 +171,7 @@ class WorkerFeed:
         if self._closed:
             return
         self._closed = True
+        _LIVE_FEEDS.discard(self)
         for _ in self._procs:
             try:
                 self._tasks.put(None)
