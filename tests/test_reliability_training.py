@@ -1,9 +1,7 @@
 """Reliability of training (issue 14; docs/FAILURES.md): snapshots are complete or absent, the
 latest complete one is found, Ctrl-C/SIGTERM snapshot and say how to resume, a moved run resumes,
 and a full disk is an error naming the path."""
-import os
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_reliability_data import TMPFS, run_on_small_disk
+from test_reliability_data import TMPFS, _file_size_limit, run_on_small_disk
 from virality.snapshots import SnapshotError, check_caffemodel, latest_snapshot, read_solverstate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,13 +71,6 @@ def test_driver_snapshots_name_their_final_weights(toy, tmp_path):
     assert info["iter"] == 3 and info["history"] > 0
     assert info["learned_net"] == str((out / "tiny_pvcnn_iter_3.caffemodel").resolve())
     assert not list((out / ".snapshot-partial").iterdir())          # nothing left in staging
-
-
-def _file_size_limit(limit):
-    def set_limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    return set_limit
 
 
 def test_a_snapshot_that_caffe_cannot_finish_never_carries_a_final_name(toy, tmp_path):

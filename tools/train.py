@@ -13,8 +13,9 @@ solver.effective.prototxt, run.json (setting, weights, from_scratch), and caffe.
 whole log (the console keeps its warnings and errors; --verbose prints it all, --log moves it). An alexnet/vgg19 model
 without --weights refuses to start unless --from-scratch. Exit status 3 when the loss became
 non-finite; 4 when a snapshot could not be written (disk full, read-only); 5 when a solver
-rank of --gpus failed; 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which stop training after the current iteration, write a snapshot
-there and print the command that resumes (docs/FAILURES.md).
+rank of --gpus failed; 130 / 143 after Ctrl-C (SIGINT) / SIGTERM, which stop training after
+the current iteration, write a snapshot there and print the command that resumes
+(docs/FAILURES.md).
 """
 import argparse
 import shlex

@@ -23,14 +23,14 @@ net blob whose shape, padded on the left with 1s to four axes, is the same
 (an fc weight stored as 1 x 1 x 4096 x 9216 fits a 4096 x 9216 blob).
 """
 import mmap
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from caffe.proto import caffe_pb2
+
+from virality.files import write_binary_atomic
 
 
 class CaffeModelError(Exception):
@@ -272,11 +272,6 @@ def _blob_pieces(array, legacy):
     return pieces
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def _v1_type(ltype):
     """V1 enum value of a layer type given as "InnerProduct" or "INNER_PRODUCT"."""
@@ -296,35 +291,25 @@ def write_caffemodel(path, layers, name="", v1=False):
     VGG_ILSVRC_19_layers.caffemodel is stored. Used to make stand-in weights and
     to transplant blobs between files.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if name:
-                f.write(caffe_pb2.NetParameter(name=name).SerializeToString())
-            for lname, ltype, arrays in layers:
-                if v1:
-                    head = caffe_pb2.V1LayerParameter(name=lname, type=_v1_type(ltype)).SerializeToString()
-                    blob_field = 6
-                else:
-                    head = caffe_pb2.LayerParameter(name=lname, type=ltype).SerializeToString()
-                    blob_field = 7
-                blobs = [_blob_pieces(a, legacy=v1) for a in arrays]
-                body = [head]
-                for pieces in blobs:
-                    body += [_key(blob_field, _LEN), _enc_varint(sum(len(p) for p in pieces))] + pieces
-                f.write(_key(2 if v1 else 100, _LEN))
-                f.write(_enc_varint(sum(len(p) for p in body)))
-                for piece in body:
-                    f.write(piece)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    def write(f):
+        if name:
+            f.write(caffe_pb2.NetParameter(name=name).SerializeToString())
+        for lname, ltype, arrays in layers:
+            if v1:
+                head = caffe_pb2.V1LayerParameter(name=lname, type=_v1_type(ltype)).SerializeToString()
+                blob_field = 6
+            else:
+                head = caffe_pb2.LayerParameter(name=lname, type=ltype).SerializeToString()
+                blob_field = 7
+            blobs = [_blob_pieces(a, legacy=v1) for a in arrays]
+            body = [head]
+            for pieces in blobs:
+                body += [_key(blob_field, _LEN), _enc_varint(sum(len(p) for p in pieces))] + pieces
+            f.write(_key(2 if v1 else 100, _LEN))
+            f.write(_enc_varint(sum(len(p) for p in body)))
+            for piece in body:
+                f.write(piece)
+    return write_binary_atomic(path, write)
 
 
 def tensor_layers(model):

@@ -45,10 +45,11 @@ def umask():
     return mask
 
 
-def _atomic(path, mode, write):
+def _atomic(path, mode, write, suffix=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=path.suffix if suffix is None else suffix)
     try:
         os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode) as f:
@@ -65,6 +66,11 @@ def _atomic(path, mode, write):
 
 def write_text_atomic(path, text):
     return _atomic(path, "w", lambda f: f.write(text))
+
+
+def write_binary_atomic(path, write, suffix=".part"):
+    """``write(f)`` into a temporary file beside ``path`` (named ``.<name>.*<suffix>``), renamed into place."""
+    return _atomic(path, "wb", write, suffix=suffix)
 
 
 def save_npy_atomic(path, array):
