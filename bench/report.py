@@ -418,7 +418,7 @@ def render(res):
         inference_layers(w, dep, base, ceil_med,
                          torch_infer[0]["infer_batch"] / med(iters(torch_infer, "infer_s")) if torch_infer else None)
     if pred:
-        predict_section(w, pred, fwd_rate_rounds)
+        predict_section(w, pred, fwd_rate_rounds, res["machine"]["cores"])
 
     # ---- 5. loss share
     w("### 5. The Python loss layer's share of a step")
@@ -453,7 +453,7 @@ def predict_rates(pred):
     return [(n - one) / (r["all_s"] - r["one_batch_s"]) for r in pred["rounds"] if r["all_s"] > r["one_batch_s"]]
 
 
-def predict_section(w, pred, fwd_rate_rounds):
+def predict_section(w, pred, fwd_rate_rounds, cores):
     w("### tools/predict.py end to end (decode, resize, forward)")
     w("")
     if "error" in pred:
@@ -500,8 +500,13 @@ def predict_section(w, pred, fwd_rate_rounds):
         w(f"| {label} | {s[key]:.2f} | {s['images'] / s[key]:.1f} | {s[key] / tot:.0%} |")
     w(f"| sum | {tot:.2f} | {s['images'] / tot:.1f} | 100% |")
     w("")
-    w("Done one after the other the stages cannot beat the sum; decoding beside the forward (in "
-      "parallel) can approach the forward alone.")
+    fwd_alone = med(fwd_rate_rounds) if fwd_rate_rounds else float("nan")
+    w(f"Done one after the other the stages cannot beat the sum ({s['images'] / tot:.1f} images/s, "
+      f"{s['images'] / tot / fwd_alone:.0%} of the forward alone). The tool decodes and resizes the next batch "
+      f"in worker processes while the forward runs; that overlap can only use CPU time the forward leaves idle. With "
+      f"{cores} cores, the forward's BLAS and Caffe's own threads already take one thread per core, so here the "
+      f"end-to-end rate lies between the sum and the forward alone, and reaches the forward alone only on a "
+      f"machine with cores to spare beside the ones the forward uses.")
     w("")
 
 
@@ -635,7 +640,10 @@ def where_time_goes(w, res, lay, alex, base, pairs, torch_res, torch_pps, ceilin
       f"{at_ceiling:.2f} s instead of {gemm_t:.2f} s: a step of about {step - gemm_t + at_ceiling:.2f} s "
       f"({pairs / (step - gemm_t + at_ceiling):.1f} pairs/s) with everything else unchanged"
       + (f"; the budget of {min(need):.2f} s is less than the GEMMs alone need at the ceiling, so out of reach on "
-         f"this CPU for GEMM-based layers, whatever else gets faster." if min(need) < at_ceiling else "."))
+         f"this CPU for GEMM-based layers, whatever else gets faster." if min(need) < at_ceiling else
+         f"; to meet the budget of {min(need):.2f} s with the GEMMs at the ceiling, everything else in the step "
+         f"(now {step - gemm_t:.2f} s: layers outside their GEMMs, the SGD update, the solver's own work) would "
+         f"have to fit in {min(need) - at_ceiling:.2f} s."))
     if ref:
         def conv_time(layers):
             return sum(l["forward_s"] + l["backward_s"] for l in layers if l["type"] == "Convolution")
