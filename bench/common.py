@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 
-#: Input side of each architecture's network (virality/architectures.py, Model Zoo crops).
+#: Input side of each architecture's network (virality/model/architectures.py, Model Zoo crops).
 CROP = {"alexnet": 227, "vgg19": 224, "tiny": 32}
 
 #: Layer types that feed data: replaced by an Input layer for timing.

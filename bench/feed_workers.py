@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 import feeds  # noqa: E402  (bench/feeds.py: the synthetic JPEGs)
-from virality.imagestore import build_image_store  # noqa: E402
-from virality.pair_batches import ImageSource, PairBatcher, Prefetcher  # noqa: E402
-from virality.pair_workers import WorkerFeed  # noqa: E402
+from virality.data.imagestore import build_image_store  # noqa: E402
+from virality.data.pair_batches import ImageSource, PairBatcher, Prefetcher  # noqa: E402
+from virality.data.pair_workers import WorkerFeed  # noqa: E402
 
 _LIBC = ctypes.PyDLL(None)          # PyDLL: the call keeps the GIL, as a pycaffe step does
 

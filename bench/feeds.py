@@ -7,12 +7,12 @@ uses the project's own modules and is skipped, with the reason, when a module it
 needs does not exist (yet):
 
 - JPEG decode alone (cv2.imread) vs building the image store from the same files
-  (virality.imagestore.build_image_store), images/s;
+  (virality.data.imagestore.build_image_store), images/s;
 - pairs/s delivered by Caffe's Data layer reading a pair LMDB
-  (virality.pairlmdb.build_pair_lmdb; crop, mirror and mean as the train net's),
+  (virality.data.pairlmdb.build_pair_lmdb; crop, mirror and mean as the train net's),
   and by the pair-index Python layer (python_layers.pair_data.PairIndexData), each
   timed alone in a net that holds only the feed;
-- seconds to sample 10M training pairs (virality.pairs.sample_pairs) in a setting
+- seconds to sample 10M training pairs (virality.data.pairs.sample_pairs) in a setting
   the size of Deza & Parikh's (5,040 x 5,040 images, 25.4M possible pairs).
 """
 import argparse
@@ -54,7 +54,7 @@ def _jpegs(folder, count, rng):
 
 def decode_and_store(tmp, count):
     import cv2
-    from virality.imagestore import build_image_store
+    from virality.data.imagestore import build_image_store
     rng = np.random.default_rng(0)
     items = _jpegs(tmp / "jpg", count, rng)
     os.sync()
@@ -86,7 +86,7 @@ def _feed_rate(net_text, tmp, name, batch, seconds):
 
 
 def pair_lmdb_rate(tmp, num_pairs, seconds):
-    from virality.pairlmdb import build_pair_lmdb
+    from virality.data.pairlmdb import build_pair_lmdb
     rng = np.random.default_rng(1)
     out = {}
     for size, crop, mean in ((256, 227, ALEX_MEAN), (36, 32, [128.0] * 3)):
@@ -138,7 +138,7 @@ layer {{ name: "pair_data" type: "Python" top: "data" top: "data_p" top: "label"
 
 def pair_sampling(num_pairs):
     from virality.datasets.base import Setting
-    from virality.pairs import sample_pairs
+    from virality.data.pairs import sample_pairs
     rng = np.random.default_rng(3)
     viral = np.arange(5040, dtype=np.int64)
     nonviral = np.arange(5040, 10080, dtype=np.int64)

@@ -29,7 +29,7 @@ worker train --model vgg19_pvcnn --pairs 8 --iters 10 --warmup 2 --gemm 0
 # The pair-index feed against the measured step: thread vs worker processes (docs/GPU.md).
 .venv/bin/python bench/feed_workers.py --pairs 64 --crop 227 --step-ms 0 81 --workers 1 2 4 --iters 20 | tail -1
 # One GPU through the NCCL path of tools/train.py --gpus (needs an engine built with USE_NCCL).
-if .venv/bin/python -c "import sys; from virality.multigpu import engine_has_nccl; sys.exit(not engine_has_nccl())"; then
+if .venv/bin/python -c "import sys; from virality.train.multigpu import engine_has_nccl; sys.exit(not engine_has_nccl())"; then
     make -s data DATASET=synthetic
     timeout 120 .venv/bin/python tools/train.py --model tiny_pvcnn --gpus 0 --max-iter 50 --out "$CAFFE_CACHE_DIR/nccl-run" \
         | grep -E "effective batch|done" || echo "gpu.sh: the 1-GPU NCCL run FAILED"

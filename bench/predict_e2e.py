@@ -10,11 +10,11 @@
   side is 480, 640 or 800 pixels, cropped to 85-100% of its area, sometimes mirrored,
   and saved as a JPEG (quality 90): photos/ holds ``--images`` of them, photos_one_batch/
   the first 32 (one batch);
-- release/: a release of ``--model`` (virality.release.make_release) whose weights are the
+- release/: a release of ``--model`` (virality.deploy.release.make_release) whose weights are the
   deploy net's own initialisation: speed does not depend on what the weights are;
 
 and times the stages one after another on photos/ (decode with
-virality.imagestore.load_image_bgr; resize, crop and mean with virality.preprocess.to_input;
+virality.data.imagestore.load_image_bgr; resize, crop and mean with virality.deploy.preprocess.to_input;
 the release's net forward in batches of 32), for "where the time goes".
 
 `time_cli(...)` (used by run.py, in every round) runs the tool itself as a user does,
@@ -77,7 +77,7 @@ def make_photos(out, count, seed=0):
 
 def make_model_release(model, out):
     import caffe
-    from virality.release import make_release
+    from virality.deploy.release import make_release
     caffe.set_mode_cpu()
     snapshot = out.parent / "initial.caffemodel"
     caffe.Net(str(common.deploy_net_path(model)), caffe.TEST).save(str(snapshot))
@@ -91,8 +91,8 @@ def make_model_release(model, out):
 def stage_times(release, folder, batch):
     """Seconds for each stage run alone, one after the other, over every photo of ``folder``."""
     import numpy as np
-    from virality.imagestore import load_image_bgr
-    from virality.preprocess import InputSpec, to_input
+    from virality.data.imagestore import load_image_bgr
+    from virality.deploy.preprocess import InputSpec, to_input
     files = sorted(folder.iterdir())
     t0 = time.perf_counter()
     images = [load_image_bgr(f)[0] for f in files]

@@ -494,8 +494,8 @@ def predict_section(w, pred, fwd_rate_rounds, cores):
     w("")
     w("| stage | s | images/s | share of the sum |")
     w("| --- | ---: | ---: | ---: |")
-    for key, label in (("decode_s", "decode (virality.imagestore.load_image_bgr)"),
-                       ("preprocess_s", "resize, crop, mean (virality.preprocess.to_input)"),
+    for key, label in (("decode_s", "decode (virality.data.imagestore.load_image_bgr)"),
+                       ("preprocess_s", "resize, crop, mean (virality.deploy.preprocess.to_input)"),
                        ("forward_s", "forward, batches of 32 (the release's net)")):
         w(f"| {label} | {s[key]:.2f} | {s['images'] / s[key]:.1f} | {s[key] / tot:.0%} |")
     w(f"| sum | {tot:.2f} | {s['images'] / tot:.1f} | 100% |")
@@ -681,7 +681,7 @@ def feed_lines(feeds, alex_pps, tiny_pps):
     elif st:
         lines.append(f"- JPEG decode alone (cv2.imread, {st['images']} synthetic 500x375 JPEGs): "
                      f"{st['jpeg_decode_images_per_s']:.0f} images/s, one process.")
-        lines.append(f"- Image store build (virality.imagestore.build_image_store, 1 worker) from the same "
+        lines.append(f"- Image store build (virality.data.imagestore.build_image_store, 1 worker) from the same "
                      f"files: {st['store256_build_images_per_s']:.0f} images/s at 256x256, "
                      f"{st['store36_build_images_per_s']:.0f} images/s at 36x36 "
                      f"({st['store256_build_images_per_s'] / st['jpeg_decode_images_per_s']:.0%} and "
@@ -714,7 +714,7 @@ def feed_lines(feeds, alex_pps, tiny_pps):
         targets.append(("10M pairs sampled in < 10 s", "not measured", None))
     elif sa:
         t = med(sa["seconds"])
-        lines.append(f"- Pair sampling (virality.pairs.sample_pairs), {sa['num_pairs'] / 1e6:.0f}M pairs from "
+        lines.append(f"- Pair sampling (virality.data.pairs.sample_pairs), {sa['num_pairs'] / 1e6:.0f}M pairs from "
                      f"5,040 viral x 5,040 non-viral images (Deza & Parikh's size) minus 2,000 test pairs: "
                      f"{t:.2f} s (runs {rng(sa['seconds'])}).")
         targets.append(("10M pairs sampled in < 10 s", f"{t:.2f} s", t < 10))

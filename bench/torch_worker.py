@@ -7,7 +7,7 @@ Runs with the bench-only PyTorch environment (bench/README.md), not the project'
   relu1 and relu2 with Caffe's parameters, max pooling 3/2, dropout 0.5 after fc6 and
   fc7) applied to I1 and to I2 (shared weights: the same module, called once per
   image batch, as Caffe runs its two towers), and one shared score layer 4096 -> 1;
-- the ranking loss of virality/ranking.py with its defaults (lambda 0.001, epsilon 0.1), summed
+- the ranking loss of virality/model/ranking.py with its defaults (lambda 0.001, epsilon 0.1), summed
   over the batch (Eq. 1);
 - SGD with the solver's settings: lr 0.001 (biases x2), momentum 0.9, L2 weight decay
   0.05 on weights (biases not decayed).
@@ -67,7 +67,7 @@ class AlexNetTower(nn.Module):
 
 
 def ranking_loss(f1, f2, y):
-    """Eqs. 1-4 as in virality/ranking.py (tanh form of g1 - g2, bounded E_r)."""
+    """Eqs. 1-4 as in virality/model/ranking.py (tanh form of g1 - g2, bounded E_r)."""
     d = f1 - f2
     t = torch.tanh(0.5 * d)
     hinge = torch.clamp(-y * t, min=0.0)

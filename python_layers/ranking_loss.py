@@ -1,4 +1,4 @@
-"""Caffe layer for the paper's pairwise ranking loss (Eqs. 1-4); math in virality.ranking.
+"""Caffe layer for the paper's pairwise ranking loss (Eqs. 1-4); math in virality.model.ranking.
 
     layer {
       name: "loss" type: "Python"
@@ -11,8 +11,8 @@
 """
 
 import caffe
-from virality.layer_params import LayerConfigError, parse_param_str
-from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA, LossConfig, ranking_loss
+from virality.model.layer_params import LayerConfigError, parse_param_str
+from virality.model.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA, LossConfig, ranking_loss
 
 LAYER = "RankingLoss (python_layers.ranking_loss)"
 

@@ -21,6 +21,6 @@ def caffe_cli(root):
 def pytest_sessionfinish(session, exitstatus):
     """A feed a test left open must not keep the run from ending: close it, and say so."""
     import sys
-    workers = sys.modules.get("virality.pair_workers")
+    workers = sys.modules.get("virality.data.pair_workers")
     if workers is not None and workers.close_live_feeds():
         print("\nconftest: a test left a worker-process pair feed open; closed at session end", file=sys.stderr)

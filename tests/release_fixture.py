@@ -10,9 +10,9 @@ import caffe
 
 def make_tiny_release(work, num_images=60, seed=0):
     """(release dir, store dir, pairs path, snapshot) under ``work``."""
-    from virality.imagestore import build_image_store
+    from virality.data.imagestore import build_image_store
     from virality.paths import PROTOTXT_DIR
-    from virality.release import make_release
+    from virality.deploy.release import make_release
     rng = np.random.default_rng(seed)
     import cv2
     (work / "train_images").mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,12 @@ from google.protobuf import text_format
 
 from test_ranking_loss import fill, loss_net
 from virality.datasets.base import Setting
-from virality.imagestore import ImageStore, StoreError, build_image_store
-from virality.pair_batches import ImageSource, PairBatcher
-from virality.pairs import PairSamplingError, check_pairs, sample_pairs
+from virality.data.imagestore import ImageStore, StoreError, build_image_store
+from virality.data.pair_batches import ImageSource, PairBatcher
+from virality.data.pairs import PairSamplingError, check_pairs, sample_pairs
 from virality.paths import ROOT
-from virality.ranking import LossConfig, ranking_loss
-from virality.weights import WeightsError, build_net, input_net_param, load_weights
+from virality.model.ranking import LossConfig, ranking_loss
+from virality.pretrained.weights import WeightsError, build_net, input_net_param, load_weights
 
 
 # ------------------------------------------------------------------ the loss's configuration
@@ -261,7 +261,7 @@ def test_a_tower_that_does_not_share_the_loaded_params_is_an_error(tiny_weights)
 @pytest.mark.parametrize("blob, shape, bottom", [("f1", (3, 1), "bottom 1 .f2."), ("f2", (3, 1), "bottom 1 .f2."),
                                                   ("y", (3,), "bottom 2 .y."), ("f2", (4, 2), "bottom 1 .f2.")])
 def test_loss_layer_rechecks_shapes_that_change_after_setup(tmp_path, blob, shape, bottom):
-    from virality.layer_params import LayerConfigError
+    from virality.model.layer_params import LayerConfigError
     net = loss_net(tmp_path)
     fill(net, F1, F2, Y)
     net.forward()
@@ -303,7 +303,7 @@ def test_loss_layer_keeps_its_checked_shapes_between_passes(tmp_path):
 @pytest.mark.parametrize("scalar, message", [("f1", r"bottom 0 \(f1\).*got \(\) \(f1 has 0 pairs\)"),
                                              ("f2", r"bottom 1 \(f2\).*got \(\) \(f1 has 4 pairs\)")])
 def test_loss_layer_names_a_scalar_bottom(tmp_path, scalar, message):
-    from virality.layer_params import LayerConfigError
+    from virality.model.layer_params import LayerConfigError
     dims = {"f1": "dim: 4 dim: 1", "f2": "dim: 4 dim: 1", "y": "dim: 4"}
     dims[scalar] = ""
     inputs = "".join(f'layer {{ name: "{b}" type: "Input" top: "{b}" input_param {{ shape {{ {dims[b]} }} }} }}\n'

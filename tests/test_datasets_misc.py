@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 from virality.datasets import load_dataset
 from virality.datasets.popularity import evaluate, spearman
 from virality.datasets.registry import default_setting
-from virality.pairs import PairSamplingError, check_pairs, sample_pairs
+from virality.data.pairs import PairSamplingError, check_pairs, sample_pairs
 
 
 def write(path, text):

@@ -11,7 +11,7 @@ from scipy.io import loadmat
 
 from virality.datasets import deza2015, load_dataset
 from virality.datasets.virality_score import check_against_published, compute_scores, load_published
-from virality.pairs import sample_pairs
+from virality.data.pairs import sample_pairs
 from virality.paths import ROOT
 
 DATA = ROOT / "datasets" / "deza2015"

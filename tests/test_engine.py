@@ -75,7 +75,7 @@ def test_caffe_cli_runs_a_python_layer_forward_and_backward(tmp_path, caffe_cli)
 
 def test_project_packages_import_from_anywhere(tmp_path, root):
     """The venv's .pth makes the project importable without PYTHONPATH, from any cwd."""
-    code = "import python_layers.ranking_loss, virality.nets; print('ok')"
+    code = "import python_layers.ranking_loss, virality.model.nets; print('ok')"
     out = subprocess.run([str(root / ".venv" / "bin" / "python"), "-c", code], cwd=tmp_path,
                          capture_output=True, text=True, env={"GLOG_minloglevel": "2", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from virality.download import (ChecksumMismatch, HTTPStatusError, IncompleteDownload, OfflineError, download,
+from virality.pretrained.download import (ChecksumMismatch, HTTPStatusError, IncompleteDownload, OfflineError, download,
                                fetch_manifest, file_sha1)
 from virality.paths import ROOT
-from virality.zoo import load_manifest
+from virality.pretrained.zoo import load_manifest
 
 GOOD = np.random.default_rng(7).integers(0, 256, size=300_000, dtype=np.uint8).tobytes()
 GOOD_SHA1 = hashlib.sha1(GOOD).hexdigest()

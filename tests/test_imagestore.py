@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from virality.imagestore import (ImageProblem, ImageStore, StoreError, build_image_store, key, load_image_bgr,
+from virality.data.imagestore import (ImageProblem, ImageStore, StoreError, build_image_store, key, load_image_bgr,
                                  parse_datum, resize_square)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,7 +217,7 @@ def test_bad_ids_are_refused(tmp_path):
 
 
 def test_an_interrupted_build_leaves_nothing_and_keeps_the_old_store(tmp_path, monkeypatch):
-    import virality.imagestore as imagestore
+    import virality.data.imagestore as imagestore
 
     cv2.imwrite(str(tmp_path / "a.png"), noise_bgr(10, 10))
     items = [(i, tmp_path / "a.png") for i in range(50)]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from virality.metrics import pair_scores, rankdata, spearman, wilson_interval
-from virality.ranking import pair_probability, pairwise_accuracy
+from virality.experiments.metrics import pair_scores, rankdata, spearman, wilson_interval
+from virality.model.ranking import pair_probability, pairwise_accuracy
 
 
 # ------------------------------------------------------------------ Spearman's rho

@@ -1,7 +1,7 @@
-"""Data-parallel training (virality/multigpu.py, tools/train.py --gpus) checked without GPUs.
+"""Data-parallel training (virality/train/multigpu.py, tools/train.py --gpus) checked without GPUs.
 
 The launcher, the rank processes, the sharding of every batch and exact resume run for real;
-NCCL is replaced by virality.multigpu.CpuAllReduce (broadcast of rank 0's weights, gradients
+NCCL is replaced by virality.train.multigpu.CpuAllReduce (broadcast of rank 0's weights, gradients
 averaged as Caffe's NCCL::on_gradients_ready does). The independent reference: one ordinary
 solver whose net has the global batch (2 x B); N ranks of batch B must end with its weights.
 """
@@ -20,8 +20,8 @@ B = 8
 RUN = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from virality.training import TrainConfig, Trainer
-    from virality.multigpu import Leader
+    from virality.train.training import TrainConfig, Trainer
+    from virality.train.multigpu import Leader
     work, out, world, max_iter, resume, snap = sys.argv[1:7]
     import os; os.chdir(work)
     cfg = TrainConfig(solver_path=Path(work) / "solvers/tiny_pvcnn.prototxt", out_dir=Path(out), workdir=Path(work),

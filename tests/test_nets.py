@@ -10,7 +10,7 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 from toy_data import make_toy_data
-from virality.nets import MODELS
+from virality.model.nets import MODELS
 
 REQUIRED_MODELS = {"alexnet_pvcnn", "alexnet_tpvcnn", "vgg19_pvcnn", "vgg19_tpvcnn", "alexnet_topic",
                    "vgg19_topic", "tiny_pvcnn", "tiny_tpvcnn", "tiny_topic"}

@@ -16,9 +16,9 @@ import caffe
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from virality.imagestore import ImageStore
-from virality.pair_batches import ImageSource, PairBatcher, PairDataError, Prefetcher, load_pairs
-from virality.pairlmdb import PAIR_FORMAT, TOPIC_FORMAT, build_pair_lmdb, read_records
+from virality.data.imagestore import ImageStore
+from virality.data.pair_batches import ImageSource, PairBatcher, PairDataError, Prefetcher, load_pairs
+from virality.data.pairlmdb import PAIR_FORMAT, TOPIC_FORMAT, build_pair_lmdb, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -45,7 +45,7 @@ def syn(work):
 
 
 def test_make_data_builds_the_layout_the_nets_read(syn):
-    from virality.nets import DataConfig
+    from virality.model.nets import DataConfig
 
     for setting in ("random", "random_disjoint"):
         cfg = DataConfig(dataset="synthetic", setting=setting)
@@ -112,7 +112,7 @@ def test_pair_lmdb_refuses_pairs_of_images_not_in_the_store(syn, tmp_path):
 
 def test_topic_lmdbs_hold_the_settings_topic_split_with_topic_labels(syn):
     from virality.datasets.registry import load_dataset
-    from virality.splits import split_setting, topic_split
+    from virality.data.splits import split_setting, topic_split
 
     dataset = load_dataset("synthetic", data_dir=syn / "raw")
     topic = dict(zip(dataset.ids.tolist(), dataset.topics.tolist()))

@@ -1,4 +1,4 @@
-"""The worker-process pair feed (virality/pair_workers.py) and data-parallel sharding of batches.
+"""The worker-process pair feed (virality/data/pair_workers.py) and data-parallel sharding of batches.
 
 Reference batches come from PairBatcher.next_batch in the main process (itself checked against
 hand-computed crops in test_pair_feeds.py); the worker feed must equal it batch for batch.
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import caffe
-from virality.imagestore import build_image_store
-from virality.pair_batches import ImageSource, PairBatcher
-from virality.pair_workers import WorkerError, WorkerFeed
+from virality.data.imagestore import build_image_store
+from virality.data.pair_batches import ImageSource, PairBatcher
+from virality.data.pair_workers import WorkerError, WorkerFeed
 
 SIZE, CROP = 16, 12
 

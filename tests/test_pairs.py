@@ -1,14 +1,14 @@
-"""Pair sampling (virality/pairs.py): every constraint, on small hand-made settings
+"""Pair sampling (virality/data/pairs.py): every constraint, on small hand-made settings
 and at the paper's size (10M of the 25.4M Deza & Parikh pairs)."""
 import time
 
 import numpy as np
 import pytest
 
-from virality import pairs as pairs_mod
+from virality.data import pairs as pairs_mod
 from virality.datasets import deza2015
 from virality.datasets.base import Setting
-from virality.pairs import (PairSamplingError, balanced_labels, check_pairs, max_pairs, sample_pairs,
+from virality.data.pairs import (PairSamplingError, balanced_labels, check_pairs, max_pairs, sample_pairs,
                             split_by_median)
 
 

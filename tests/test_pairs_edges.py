@@ -1,13 +1,13 @@
-"""Pair sampling at its edges (virality/pairs.py), with counts worked out by hand: settings without test
+"""Pair sampling at its edges (virality/data/pairs.py), with counts worked out by hand: settings without test
 pairs, test pairs that are not (viral, non-viral), pools of one image, ids 0 and 1, the membership
 lookup on both of its paths."""
 import re
 import numpy as np
 import pytest
 
-from virality import pairs as pairs_mod
+from virality.data import pairs as pairs_mod
 from virality.datasets.base import Setting
-from virality.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
+from virality.data.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
 
 
 def setting(viral, nonviral, test_pairs=(), disjoint=False, test_images=(), name="edge"):

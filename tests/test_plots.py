@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from virality.plots import accuracy_figure, plain_number, training_figure
+from virality.report.plots import accuracy_figure, plain_number, training_figure
 
 
 @pytest.mark.parametrize("value, text", [(0.002, "0.002"), (0.05, "0.05"), (0.0015, "0.0015"), (1.0, "1"),
@@ -50,7 +50,7 @@ def test_a_five_iteration_run_draws_points_and_empty_panels_say_so():
 
 
 def test_the_accuracy_figure_shows_n_intervals_and_the_papers_number():
-    from virality.evaluation import Result
+    from virality.experiments.evaluation import Result
     results = [Result("random", "alexnet_pvcnn", "pairwise_accuracy", 0.64, 0.60, 0.68, 489, 63.35, "d", "x"),
                Result("top_bottom", "alexnet_pvcnn", "pairwise_accuracy", 0.7, 0.66, 0.74, 300, 69.97, "d", "x")]
     fig = accuracy_figure(results, "Table 1 on deza2015")

@@ -34,7 +34,7 @@ def write_image(path, seed=0, shape=(50, 40, 3)):
 def training_scores(release_dir, store, pairs):
     """f_r of every training image, by a plain forward of the deploy net over the store (not release code)."""
     import caffe
-    from virality.imagestore import ImageStore
+    from virality.data.imagestore import ImageStore
     net = caffe.Net(str(release_dir / "deploy.prototxt"), str(release_dir / "tiny_pvcnn.caffemodel"), caffe.TEST)
     ids = np.unique(np.load(pairs)[:, :2])
     chw = ImageStore(store).read_chw(ids).astype(np.float32)           # 36x36 store, 32x32 centre crop
@@ -70,7 +70,7 @@ def test_predict_scores_a_folder_with_broken_files(release, tmp_path):
 
 def test_the_release_stores_its_training_score_distribution(release):
     """quantiles = numpy's percentiles of a plain forward over the training images."""
-    from virality.release import read_release
+    from virality.deploy.release import read_release
     release_dir, store, pairs, _ = release
     dist = read_release(release_dir).score_distribution
     scores = np.array(list(training_scores(release_dir, store, pairs).values()))
@@ -84,7 +84,7 @@ def test_percentile_of_a_training_image_is_its_rank_among_them(release, tmp_path
     truth = training_scores(release_dir, store, pairs)
     ids = sorted(truth, key=truth.get)
     picks = [ids[5], ids[30], ids[54]]                       # low, middle, high
-    from virality.imagestore import ImageStore
+    from virality.data.imagestore import ImageStore
     st = ImageStore(store)
     for i in picks:                                          # the store's own 36x36 pixels: the same f_r
         cv2.imwrite(str(tmp_path / f"{i}.png"), st.get(i))
@@ -158,7 +158,7 @@ def _load_tool():
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only")])
 def test_an_out_that_cannot_be_written_fails_before_scoring(release, tmp_path, monkeypatch, capsys, code, words):
     """A full disk or a read-only --out (faked: root ignores permissions here) stops before any image is scored."""
-    import virality.predict
+    import virality.deploy.predict
     tool = _load_tool()
     write_image(tmp_path / "a.png")
 
@@ -169,7 +169,7 @@ def test_an_out_that_cannot_be_written_fails_before_scoring(release, tmp_path, m
         raise AssertionError("scoring started before the output was checked")
 
     monkeypatch.setattr(os, "posix_fallocate", no_space)
-    monkeypatch.setattr(virality.predict, "predict_files", must_not_score)
+    monkeypatch.setattr(virality.deploy.predict, "predict_files", must_not_score)
     assert tool.main([str(release[0]), str(tmp_path / "a.png"), "--out", str(tmp_path / "out" / "r.csv")]) == 2
     err = capsys.readouterr().err
     assert words in err and "r.csv" in err
@@ -188,7 +188,7 @@ def test_out_is_written_atomically_and_completely(release, tmp_path):
 
 MEASURE = r"""
 import sys
-from virality.predict import decode_for_net
+from virality.deploy.predict import decode_for_net
 
 def peak_bytes():   # VmHWM: this process's peak resident memory (ru_maxrss would include the forking parent's)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))

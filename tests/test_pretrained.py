@@ -1,7 +1,7 @@
 """Pretrained weights: stand-ins with the official names and shapes load into our nets, checked.
 
 Stand-ins (no download is possible here):
-- AlexNet: the Model Zoo layout (``virality.zoo.reference_net``: our tower +
+- AlexNet: the Model Zoo layout (``virality.pretrained.zoo.reference_net``: our tower +
   fc8 + prob) filled with random values (biases too) and saved by Caffe
   (``Net.save``, current format).
 - VGG-19: written in Caffe's old V1 format (``layers``, enum types, legacy
@@ -20,13 +20,13 @@ import sys
 import numpy as np
 import pytest
 
-from virality.architectures import ARCHITECTURES, TOWER_PARAM_LAYERS
-from virality.caffemodel import read_caffemodel, tensor_layers, write_caffemodel
+from virality.model.architectures import ARCHITECTURES, TOWER_PARAM_LAYERS
+from virality.pretrained.caffemodel import read_caffemodel, tensor_layers, write_caffemodel
 from virality.paths import ROOT
-from virality.release import ReleaseError, make_release, read_release
-from virality.weights import (WeightsError, build_net, input_net_param, load_pretrained, load_weights,
+from virality.deploy.release import ReleaseError, make_release, read_release
+from virality.pretrained.weights import (WeightsError, build_net, input_net_param, load_pretrained, load_weights,
                               make_tpvcnn_init, upgrade_caffemodel)
-from virality.zoo import load_manifest, reference_net
+from virality.pretrained.zoo import load_manifest, reference_net
 
 
 def _randomise(net, seed):
@@ -94,7 +94,7 @@ def test_manifest_checksums():
 
 
 def test_bad_manifest_is_refused_with_the_file_name(tmp_path):
-    from virality.zoo import ManifestError
+    from virality.pretrained.zoo import ManifestError
     data = json.loads((ROOT / "model_zoo" / "bvlc_alexnet.json").read_text())
     data["sha1"] = "not-a-sha1"
     path = tmp_path / "bvlc_alexnet.json"
@@ -202,7 +202,7 @@ def test_upgrade_tool_writes_a_current_format_copy(tmp_path):
 # ------------------------------------------------------------------ TPVCNN
 def test_tpvcnn_init_transplants_imagenet_and_topic_weights(alexnet_standin, tmp_path):
     imagenet, imagenet_arrays = alexnet_standin
-    from virality.nets import deploy_net
+    from virality.model.nets import deploy_net
     topic = tmp_path / "alexnet_topic_iter_1.caffemodel"
     topic_arrays = _saved_random_net(deploy_net("alexnet_topic", num_topics=7), topic, seed=5)
     out = tmp_path / "init" / "alexnet_tpvcnn_init.caffemodel"
@@ -225,7 +225,7 @@ def test_tpvcnn_init_transplants_imagenet_and_topic_weights(alexnet_standin, tmp
 
 
 def test_tpvcnn_init_fails_when_the_topic_snapshot_lacks_a_layer(tmp_path):
-    from virality.nets import deploy_net
+    from virality.model.nets import deploy_net
     topic = tmp_path / "tiny_topic.caffemodel"
     _saved_random_net(deploy_net("tiny_topic", num_topics=5), topic, seed=6)
     layers = [(n, t, b) for n, t, b in tensor_layers(read_caffemodel(topic)) if n != "fc7"]
@@ -237,7 +237,7 @@ def test_tpvcnn_init_fails_when_the_topic_snapshot_lacks_a_layer(tmp_path):
 
 
 def test_init_tpvcnn_tool_on_tiny(tmp_path):
-    from virality.nets import deploy_net
+    from virality.model.nets import deploy_net
     topic = tmp_path / "tiny_topic.caffemodel"
     _saved_random_net(deploy_net("tiny_topic", num_topics=5), topic, seed=7)
     out = tmp_path / "tiny_init.caffemodel"

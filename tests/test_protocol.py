@@ -14,8 +14,8 @@ from google.protobuf import text_format
 from scipy.stats import spearmanr
 
 from virality.datasets import load_dataset
-from virality.pairs import check_pairs, sample_pairs
-from virality.splits import split_setting, setting_test_images, topic_split
+from virality.data.pairs import check_pairs, sample_pairs
+from virality.data.splits import split_setting, setting_test_images, topic_split
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -100,7 +100,7 @@ def test_disjoint_settings_of_the_table_datasets_keep_test_and_validation_images
             s = d.setting(name)
             assert s.disjoint
             split = split_setting(s, 12, 4, seed=1)
-            from virality.pairs import max_pairs
+            from virality.data.pairs import max_pairs
             train = sample_pairs(split.train, max_pairs(split.train), seed=2)     # every allowed pair
             topic_train, _ = topic_split(split, d.ids, d.topics)
             assert topic_train.size == 0          # no topics in these tables: no Topic-CNN
@@ -145,10 +145,10 @@ def test_make_data_writes_three_parts_per_setting_and_no_leak_in_the_disjoint_on
 def test_every_committed_solver_reads_the_default_validation_set_exactly_once(root):
     from caffe.proto import caffe_pb2
 
-    from virality.nets import MODELS
-    from virality.preflight import test_batch_size
-    from virality.splits import default_validation
-    from virality.weights import read_net_param
+    from virality.model.nets import MODELS
+    from virality.train.preflight import test_batch_size
+    from virality.data.splits import default_validation
+    from virality.pretrained.weights import read_net_param
 
     for model in sorted(MODELS):
         solver = caffe_pb2.SolverParameter()
@@ -163,10 +163,10 @@ def test_every_committed_solver_reads_the_default_validation_set_exactly_once(ro
 
 
 def test_coverage_check_refuses_a_test_phase_that_misses_or_repeats_records(root, synthetic_data, tmp_path):
-    from virality.generated import generate
-    from virality.preflight import RunError, check_test_coverage
-    from virality.training import read_solver
-    from virality.weights import read_net_param
+    from virality.model.generated import generate
+    from virality.train.preflight import RunError, check_test_coverage
+    from virality.train.training import read_solver
+    from virality.pretrained.weights import read_net_param
 
     os.symlink(synthetic_data.parent, tmp_path / "data")
     generate("tiny_pvcnn", tmp_path, "pair_index", {})
@@ -187,8 +187,8 @@ def _one_update(work, pairs_file, batch, iter_size):
     import caffe
     from caffe.proto import caffe_pb2
 
-    from virality.nets import train_val_net
-    from virality.solvers import default_data_config, solver
+    from virality.model.nets import train_val_net
+    from virality.model.solvers import default_data_config, solver
 
     cfg = default_data_config("tiny_pvcnn", feed="pair_index", train_batch=batch, iter_size=iter_size)
     net = train_val_net("tiny_pvcnn", cfg)
@@ -219,7 +219,7 @@ def _one_update(work, pairs_file, batch, iter_size):
 
 
 def test_one_update_with_iter_size_k_equals_one_pass_over_the_same_pairs(synthetic_data, tmp_path):
-    from virality.imagestore import build_image_store
+    from virality.data.imagestore import build_image_store
 
     d = load_dataset("synthetic", data_dir=synthetic_data / "raw")
     items = [(int(i), d.image_path(int(i))) for i in d.ids[:400]]
@@ -243,7 +243,7 @@ def test_one_update_with_iter_size_k_equals_one_pass_over_the_same_pairs(synthet
 # ----------------------------------------------------------------------------- --from-scratch
 
 def test_make_train_refuses_an_imagenet_model_without_weights_unless_from_scratch(root):
-    from virality.preflight import RunError, check_initialisation
+    from virality.train.preflight import RunError, check_initialisation
 
     run = subprocess.run([PY, str(root / "tools/caffe_train.py"), "alexnet_pvcnn"], cwd=root,
                          capture_output=True, text=True, timeout=120)
@@ -262,7 +262,7 @@ def test_make_train_refuses_an_imagenet_model_without_weights_unless_from_scratc
 
 def test_user_specific_rho_is_the_mean_of_per_user_spearman_not_the_pooled_one():
     from virality.datasets.base import Dataset, Setting
-    from virality.metrics import setting_spearman, spearman_per_user
+    from virality.experiments.metrics import setting_spearman, spearman_per_user
 
     rng = np.random.default_rng(3)
     users = np.repeat(np.arange(6), 12)
@@ -288,7 +288,7 @@ def test_user_specific_rho_is_the_mean_of_per_user_spearman_not_the_pooled_one()
 
 
 def test_repeated_test_images_get_an_image_bootstrap_as_wide_as_the_clustered_variance():
-    from virality.metrics import IMAGE_BOOTSTRAP, WILSON, accuracy_interval, wilson_interval
+    from virality.experiments.metrics import IMAGE_BOOTSTRAP, WILSON, accuracy_interval, wilson_interval
 
     rng = np.random.default_rng(11)
     n = 250                                   # top_bottom's design: every image in 4 pairs
@@ -323,7 +323,7 @@ def test_repeated_test_images_get_an_image_bootstrap_as_wide_as_the_clustered_va
 
 
 def test_small_tables_get_validation_fitted_only_when_asked(tmp_path):
-    from virality.splits import SplitError
+    from virality.data.splits import SplitError
 
     rows = "image,score\n" + "".join(f"im{i:03d}.png,{i}\n" for i in range(60))
     (tmp_path / "scores.csv").write_text(rows)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import caffe  # the engine is never optional: a missing or broken pycaffe fails this module
-from virality.layer_params import LayerConfigError
-from virality.ranking import LossConfig, pair_probability, pairwise_accuracy, ranking_loss
+from virality.model.layer_params import LayerConfigError
+from virality.model.ranking import LossConfig, pair_probability, pairwise_accuracy, ranking_loss
 
 
 def paper_loss(f1, f2, y, lam=0.001, epsilon=0.1):

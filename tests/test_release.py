@@ -60,7 +60,7 @@ def test_the_fixture_release_predicts(release, tmp_path):
     (lambda m: m["score_distribution"]["quantiles"].reverse(), "score_distribution.quantiles"),
 ])
 def test_metadata_is_checked_against_its_schema(release, tmp_path, edit, words):
-    from virality.release import ReleaseError, read_release
+    from virality.deploy.release import ReleaseError, read_release
     copy = edited(release, tmp_path, meta=edit)
     with pytest.raises(ReleaseError, match="metadata.json") as err:
         read_release(copy)
@@ -70,7 +70,7 @@ def test_metadata_is_checked_against_its_schema(release, tmp_path, edit, words):
 
 
 def test_a_python_layer_in_the_deploy_net_is_refused(release, tmp_path):
-    from virality.release import ReleaseError, read_release
+    from virality.deploy.release import ReleaseError, read_release
     layer = ('layer { name: "evil" type: "Python" bottom: "score" top: "evil" '
              'python_param { module: "os" layer: "system" } }\n')
     copy = edited(release, tmp_path, deploy=lambda text: text + layer)
@@ -79,7 +79,7 @@ def test_a_python_layer_in_the_deploy_net_is_refused(release, tmp_path):
 
 
 def test_a_deploy_input_other_than_the_metadata_is_refused(release, tmp_path):
-    from virality.release import ReleaseError, read_release
+    from virality.deploy.release import ReleaseError, read_release
     copy = edited(release, tmp_path, deploy=lambda text: text.replace("dim: 32", "dim: 64", 2))
     with pytest.raises(ReleaseError, match="one Input layer with top 'data' of shape"):
         read_release(copy)
@@ -94,8 +94,8 @@ def test_a_truncated_caffemodel_is_a_clear_error_not_a_caffe_abort(release, tmp_
 
 def test_a_caffemodel_that_does_not_fit_the_net_is_refused(release, tmp_path):
     """Weights of another shape (a 64 -> 1 scoring layer stored as 32 -> 1) are named, layer and shape."""
-    from virality.caffemodel import read_caffemodel, tensor_layers, write_caffemodel
-    from virality.release import ReleaseError, read_release
+    from virality.pretrained.caffemodel import read_caffemodel, tensor_layers, write_caffemodel
+    from virality.deploy.release import ReleaseError, read_release
     copy = edited(release, tmp_path)
     path = copy / "tiny_pvcnn.caffemodel"
     layers = [(n, t, [a.copy() for a in arrays]) for n, t, arrays in tensor_layers(read_caffemodel(path))]

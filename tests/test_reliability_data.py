@@ -17,9 +17,9 @@ import pytest
 
 from virality.datasets.csvs import load_pairs_csv, load_scores_csv, read_table
 from virality.files import TruncatedFile, load_npy, save_npy_atomic, write_text_atomic
-from virality.imagestore import ImageStore, StoreError, build_image_store
+from virality.data.imagestore import ImageStore, StoreError, build_image_store
 from virality.outputs import OutputLock, OutputLocked
-from virality.pair_batches import PairDataError, load_pairs
+from virality.data.pair_batches import PairDataError, load_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -157,12 +157,12 @@ def test_a_truncated_image_store_is_an_error_naming_the_file_not_a_bus_error(tmp
     data = store / "data.mdb"
     with open(data, "r+b") as f:
         f.truncate(data.stat().st_size * 2 // 3)
-    code = ("from virality.imagestore import ImageStore\n"
+    code = ("from virality.data.imagestore import ImageStore\n"
             f"s = ImageStore({str(store)!r})\nprint(s.read_chw(s.ids).sum())")
     r = _open_in_child(code)
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])     # 135 = the Bus error this replaces
     assert f"{data}: truncated" in r.stderr and "make data" in r.stderr
-    r = _open_in_child("from virality.pair_batches import ImageSource\n"
+    r = _open_in_child("from virality.data.pair_batches import ImageSource\n"
                        f"ImageSource({str(store)!r})")
     assert r.returncode == 1 and f"{data}: truncated" in r.stderr
 
@@ -189,8 +189,8 @@ def test_a_truncated_pair_file_is_an_error_naming_the_file(tmp_path):
         load_pairs(path)
     with pytest.raises(TruncatedFile, match="truncated"):
         load_npy(path, mmap=True)          # numpy alone: "mmap length is greater than file size"
-    from virality.training import count_test_records
-    from virality.weights import read_net_param
+    from virality.train.training import count_test_records
+    from virality.pretrained.weights import read_net_param
     net = tmp_path / "net.prototxt"
     net.write_text('layer { name: "d" type: "Python" top: "data" include { phase: TEST } '
                    f'python_param {{ module: "m" layer: "L" param_str: \'{{"pairs": "{path}"}}\' }} }}')
@@ -340,7 +340,7 @@ def test_atomic_writes_follow_the_umask(tmp_path, mask, mode):
 
 
 def test_generated_directories_follow_the_umask(tmp_path):
-    from virality.synthetic import WorldConfig, generate_world
+    from virality.data.synthetic import WorldConfig, generate_world
     old = os.umask(0o022)
     try:
         generate_world(tmp_path / "raw", WorldConfig(num_images=12, size=24))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_reliability_data import TMPFS, _file_size_limit, run_on_small_disk
-from virality.snapshots import SnapshotError, check_caffemodel, latest_snapshot, read_solverstate
+from virality.train.snapshots import SnapshotError, check_caffemodel, latest_snapshot, read_solverstate
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -1,4 +1,4 @@
-"""Experiments as run directories (virality/runs.py, virality/plan.py, tools/experiment.py, tools/table1.py).
+"""Experiments as run directories (virality/experiments/runs.py, virality/experiments/plan.py, tools/experiment.py, tools/table1.py).
 
 Two small scores-csv datasets of toy photos (brighter = higher score), trained for a few
 iterations of the tiny model: what is checked is where things go and what is refused, not accuracy.
@@ -66,7 +66,7 @@ def two_runs(root, two_datasets):
 
 def test_two_runs_of_one_model_on_two_datasets_keep_separate_complete_directories(two_runs, two_datasets):
     from virality.files import file_digest
-    from virality.release import read_release
+    from virality.deploy.release import read_release
     runs, outs = two_runs
     _, a, b = two_datasets
     for name, table, attribute in (("tiny-a", a, "brightness"), ("tiny-b", b, "darkness")):
@@ -115,7 +115,7 @@ def test_a_run_name_holding_another_experiment_is_refused_and_the_same_one_conti
 
 def test_a_finished_run_whose_data_changed_is_not_reused(two_runs, tmp_path):
     import shutil
-    from virality.runs import DataChanged, RunDir
+    from virality.experiments.runs import DataChanged, RunDir
     runs, _ = two_runs
     copy = tmp_path / "copy"
     shutil.copytree(runs / "tiny-a", copy)
@@ -158,7 +158,7 @@ def test_evaluating_a_model_directory_on_another_dataset_needs_the_explicit_opti
 
 
 def test_a_runs_solver_trains_from_another_working_directory(root, caffe_cli, two_datasets, tmp_path):
-    from virality.runs import DataSource, RunDir, RunSpec
+    from virality.experiments.runs import DataSource, RunDir, RunSpec
     _, a, _ = two_datasets
     source = DataSource("scores-csv", data_dir=str(a), images=str(a.parent / "photos"),
                         data_root=str(tmp_path / "data"))
@@ -179,8 +179,8 @@ def test_a_runs_solver_trains_from_another_working_directory(root, caffe_cli, tw
 
 PLAN_SCRIPT = """
 import sys
-from virality.plan import PlanRunner, table1_plan
-from virality.runs import DataSource
+from virality.experiments.plan import PlanRunner, table1_plan
+from virality.experiments.runs import DataSource
 table, out, data = sys.argv[1:4]
 source = DataSource("scores-csv", data_dir=table, images=table.rsplit("/", 1)[0] + "/photos", data_root=data)
 entries = table1_plan(source, ["random_disjoint", "random"], ["tiny"], out, kinds=("pvcnn",), max_iter=150,
@@ -242,7 +242,7 @@ def test_plan_runner_skips_finished_runs_and_resumes_an_interrupted_one(root, tw
 
 
 def test_small_test_sets_are_warned_about():
-    from virality.runs import small_test_warning
+    from virality.experiments.runs import small_test_warning
     # 1.96 * 0.5 / sqrt(n): n = 3 -> 0.566 (+-57 points); n = 96 -> 0.100; n = 100 -> 0.098 (no warning)
     assert "only 3 test pairs" in small_test_warning(3) and "+-57 points" in small_test_warning(3)
     assert small_test_warning(96) is not None
@@ -250,7 +250,7 @@ def test_small_test_sets_are_warned_about():
 
 
 def test_test_phase_batch_covers_the_validation_set_exactly_once():
-    from virality.solvers import covering_test_batch, test_iterations
+    from virality.model.solvers import covering_test_batch, test_iterations
     assert covering_test_batch(300, 100) == 100
     assert covering_test_batch(299, 100) == 23        # 299 = 13 x 23
     assert covering_test_batch(7, 100) == 7
@@ -264,8 +264,8 @@ def test_test_phase_batch_covers_the_validation_set_exactly_once():
 
 def test_table1_plan_lists_topic_cnns_first_then_every_model_and_setting(tmp_path):
     import importlib.util
-    from virality.plan import table1_plan
-    from virality.runs import DataSource
+    from virality.experiments.plan import table1_plan
+    from virality.experiments.runs import DataSource
     spec = importlib.util.spec_from_file_location("table1", ROOT / "tools/table1.py")
     table1 = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table1)
@@ -286,7 +286,7 @@ def test_table1_plan_lists_topic_cnns_first_then_every_model_and_setting(tmp_pat
 
 
 def test_a_setting_without_validation_pairs_is_refused_before_training(tmp_path):
-    from virality.runs import DataSource, RunDir, RunError, RunSpec
+    from virality.experiments.runs import DataSource, RunDir, RunError, RunSpec
     run = RunDir.open(tmp_path / "pop", RunSpec("tiny_pvcnn", "user_mix", DataSource("popularity", data_dir="t.csv")))
     with pytest.raises(RunError, match="no validation pairs"):
         run.prepare({"settings": {"user_mix": {"test_pairs": 0, "val_pairs": 0, "train_pairs": 10}}})
@@ -310,8 +310,8 @@ class _ScoredRun:
 
 
 def test_table_puts_disjoint_first_names_intervals_and_means_the_five_complete_folds(tmp_path):
-    from virality.plan import PlanEntry, table_markdown
-    from virality.runs import DataSource, RunSpec
+    from virality.experiments.plan import PlanEntry, table_markdown
+    from virality.experiments.runs import DataSource, RunSpec
     source = DataSource("deza2015")
     entries, runs = [], []
     disjoint = [0.60, 0.70, 0.80, 0.90, 1.00]        # mean 0.80, range 0.60-1.00

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from virality.synthetic import (TOPICS, WEIGHTS, WorldConfig, generate_world, ranking_ceiling, render_image,
+from virality.data.synthetic import (TOPICS, WEIGHTS, WorldConfig, generate_world, ranking_ceiling, render_image,
                                 sample_attributes, score_function)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The pycaffe training driver (virality/training.py, tools/train.py), run for real on tiny nets.
+"""The pycaffe training driver (virality/train/training.py, tools/train.py), run for real on tiny nets.
 
 Expected values come from the rules written out here (the paper's three x0.1 drops, Caffe's
 multistep schedule, the plateau rule of docs/TRAINING.md), never from the driver itself:
@@ -19,8 +19,8 @@ import caffe
 from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
-from virality.generated import generate
-from virality.training import (NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
+from virality.model.generated import generate
+from virality.train.training import (NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
                                read_solver, resolve_net_path, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,7 +266,7 @@ def test_solver_defaults_are_used_when_not_overridden(lmdb_work, tmp_path, monke
     # The driver validates and snapshots itself; Caffe's own testing and snapshots are off.
     assert effective.snapshot == 0 and effective.test_interval == 10 ** 9 and not effective.test_initialization
     assert effective.lr_policy == "multistep" and effective.base_lr == pytest.approx(1e-3)
-    # Caffe writes into the staging directory; the driver checks and renames (virality/snapshots.py).
+    # Caffe writes into the staging directory; the driver checks and renames (virality/train/snapshots.py).
     assert effective.snapshot_prefix == str(out / ".snapshot-partial" / "tiny_pvcnn")
 
 
@@ -336,7 +336,7 @@ def _net_with_test_layer(layer_text):
 
 
 def test_count_test_records_of_each_feed(lmdb_work, index_work, tmp_path):
-    from virality.weights import read_net_param
+    from virality.pretrained.weights import read_net_param
     lmdb_net = read_net_param(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt")
     assert count_test_records(lmdb_net, lmdb_work) == 1000          # toy_data writes 1000 validation pairs
     index_net = read_net_param(index_work / "prototxt/tiny_pvcnn/train_val.prototxt")

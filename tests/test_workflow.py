@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from virality.evaluation import Result, report_markdown
-from virality.metrics import pairwise_accuracy, spearman, wilson_interval
-from virality.training import PlateauDropper, validate
+from virality.experiments.evaluation import Result, report_markdown
+from virality.experiments.metrics import pairwise_accuracy, spearman, wilson_interval
+from virality.train.training import PlateauDropper, validate
 
 
 # --- metrics on hand-made rankings ----------------------------------------------------------
@@ -96,7 +96,7 @@ def toy_project(root, tmp_path_factory):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_snapshot(root, toy_project, tmp_path):
     from google.protobuf import text_format
-    from virality.training import read_solver
+    from virality.train.training import read_solver
     solver = read_solver(toy_project / "solvers/tiny_pvcnn.prototxt")
     # The rate explodes to 1e36 after iteration 6: weights overflow and the loss turns NaN.
     del solver.stepvalue[:]
@@ -148,7 +148,7 @@ def test_train_driver_validates_and_writes_log_and_curves(root, toy_project, tmp
 @pytest.fixture(scope="module")
 def tiny_release(root, tmp_path_factory):
     import caffe
-    from virality.release import make_release
+    from virality.deploy.release import make_release
     work = tmp_path_factory.mktemp("release")
     net = caffe.Net(str(root / "prototxt/tiny_pvcnn/deploy.prototxt"), caffe.TEST)
     rng = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def test_report_contains_every_setting_and_the_papers_numbers():
 
 def test_report_gives_the_mean_of_the_five_complete_folds_when_all_exist():
     from virality.datasets.base import Dataset
-    from virality.evaluation import fold_means
+    from virality.experiments.evaluation import fold_means
     dataset = Dataset("deza2015", np.arange(3), np.zeros(3), np.zeros(3, np.int32), ["x"], None)
     values = [0.60, 0.62, 0.64, 0.66, 0.68]
     results = [Result(f"complete_fold{k}", "vgg19_pvcnn", "pairwise_accuracy", v, v - 0.03, v + 0.03, 1008,
@@ -251,8 +251,8 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
     """The driver's validation (test net sharing the training weights) and tools/evaluate's deploy-net
     scoring of the same snapshot give the same pairwise accuracy on the same test pairs."""
     from virality.datasets import load_dataset
-    from virality.evaluation import Run, evaluate_run
-    from virality.imagestore import ImageStore
+    from virality.experiments.evaluation import Run, evaluate_run
+    from virality.data.imagestore import ImageStore
     out = tmp_path / "run"
     _train(root, synthetic_project, out)
     with open(out / "train_log.csv") as f:
@@ -276,7 +276,7 @@ def test_training_validation_agrees_with_evaluation(root, synthetic_project, tmp
 # --- explanation (Fig. 2) -------------------------------------------------------------------
 
 def test_nearest_neighbours_by_cosine_similarity():
-    from virality.neighbours import nearest
+    from virality.deploy.neighbours import nearest
     features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
     order, dist = nearest(features, [0, 2], k=2)
     np.testing.assert_array_equal(order, [[1, 3], [3, 1]])
@@ -308,7 +308,7 @@ def test_neighbours_tool_writes_a_grid_and_a_page(root, synthetic_project, tmp_p
     assert text.count('class="tile query"') == 4 and text.count("cosine distance") == 16
     assert "highest f_r #1" in text and "lowest f_r #2" in text
     # Queries given as files: a folder of two images outside the store.
-    from virality.imagestore import ImageStore
+    from virality.data.imagestore import ImageStore
     folder = tmp_path / "queries"
     folder.mkdir()
     st = ImageStore(store)
@@ -336,10 +336,10 @@ def test_release_preprocessing_matches_the_architecture(root, tiny_release, tmp_
     """predict (release metadata) and evaluation (the architecture) prepare an image identically."""
     import caffe
     import cv2
-    from virality.architectures import ARCHITECTURES
-    from virality.predict import predict_files
-    from virality.preprocess import InputSpec, forward_in_batches, to_input
-    from virality.release import read_release
+    from virality.model.architectures import ARCHITECTURES
+    from virality.deploy.predict import predict_files
+    from virality.deploy.preprocess import InputSpec, forward_in_batches, to_input
+    from virality.deploy.release import read_release
     release = read_release(tiny_release)
     assert InputSpec.of_release(release.metadata) == InputSpec.of_architecture(ARCHITECTURES["tiny"])
     image = np.random.default_rng(3).integers(0, 255, (60, 45, 3), dtype=np.uint8)

@@ -14,7 +14,7 @@
 Every build writes under a hidden temporary name and renames when complete. The image
 store lists each converted or skipped image, with the reason, in <out>/manifest.csv;
 the tool prints their counts. `make data` (tools/make_data.py) runs all of this for a
-dataset, keyed by content. Formats: virality/imagestore.py, virality/pairlmdb.py.
+dataset, keyed by content. Formats: virality/data/imagestore.py, virality/data/pairlmdb.py.
 """
 import argparse
 import csv
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from virality.files import load_npy
-from virality.imagestore import ENCODINGS, MANIFEST_FILE, MAX_PIXELS, RESIZE_MODES, StoreError, build_image_store
-from virality.pairlmdb import build_pair_lmdb, build_topic_lmdb, check_pairs, split_topic_ids
+from virality.data.imagestore import ENCODINGS, MANIFEST_FILE, MAX_PIXELS, RESIZE_MODES, StoreError, build_image_store
+from virality.data.pairlmdb import build_pair_lmdb, build_topic_lmdb, check_pairs, split_topic_ids
 
 
 def read_id_csv(path, value_column):

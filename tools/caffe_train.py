@@ -7,10 +7,10 @@ with the steps a model needs first done in order.
     .venv/bin/python tools/caffe_train.py alexnet_tpvcnn --gpu 0     # topic CNN first if needed
 
 - Given --weights for a model whose towers take Model Zoo weights, the file is checked first
-  (virality.weights: every pretrained layer must load into both towers), so a wrong file
+  (virality.pretrained.weights: every pretrained layer must load into both towers), so a wrong file
   fails before training instead of being ignored by Caffe. Without --weights such a model
   refuses to start unless --from-scratch (FROM_SCRATCH=1) is given; then it says so loudly
-  and models/<model>/run.json records it (virality.preflight).
+  and models/<model>/run.json records it (virality.train.preflight).
 - Caffe's test phase must read the validation set (D_val) exactly once: test_iter x the TEST
   batch is checked against the validation records before Caffe starts.
 - A TPVCNN needs its Topic-CNN, trained for the same setting (only on images the ranking model
@@ -26,17 +26,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from virality.nets import MODELS, get_model
+from virality.model.nets import MODELS, get_model
 from virality.paths import MODELS_DIR, ROOT, SOLVER_DIR
-from virality.release import default_snapshot
+from virality.deploy.release import default_snapshot
 
 CAFFE = ROOT / ".venv" / "bin" / "caffe"
 
 
 def caffe_train(model, weights=None, gpu=None, from_scratch=False):
-    from virality.preflight import SCRATCH_BANNER, check_test_coverage, net_data_setting, write_run_record
-    from virality.training import read_solver
-    from virality.weights import read_net_param
+    from virality.train.preflight import SCRATCH_BANNER, check_test_coverage, net_data_setting, write_run_record
+    from virality.train.training import read_solver
+    from virality.pretrained.weights import read_net_param
 
     model_dir = MODELS_DIR / model
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def caffe_train(model, weights=None, gpu=None, from_scratch=False):
 
 def check_topic_setting(model, topic):
     """The Topic-CNN snapshot must come from the TPVCNN's setting (its training images depend on it)."""
-    from virality.preflight import net_data_setting, read_run_record
+    from virality.train.preflight import net_data_setting, read_run_record
 
     want = net_data_setting(ROOT / "prototxt" / model / "train_val.prototxt")
     net = net_data_setting(ROOT / "prototxt" / topic / "train_val.prototxt")
@@ -80,7 +80,7 @@ def check_topic_setting(model, topic):
 
 
 def check_weights(model, weights):
-    from virality.weights import WeightsError, load_pretrained
+    from virality.pretrained.weights import WeightsError, load_pretrained
     if not get_model(model).architecture.pretrained:
         return
     try:
@@ -98,7 +98,7 @@ def main(argv=None):
                    help="train an alexnet/vgg19 model without ImageNet weights on purpose (said loudly, recorded)")
     args = p.parse_args(argv)
     os.environ.setdefault("GLOG_logtostderr", "1")
-    from virality.preflight import RunError, check_initialisation
+    from virality.train.preflight import RunError, check_initialisation
     model = get_model(args.model)
     weights = args.weights.resolve() if args.weights else None
 

@@ -8,7 +8,7 @@ demo/report.md.
     .venv/bin/python tools/demo.py --max-iter 100  # a quick smoke run (into another --out, or --restart)
 
 A second call skips finished runs and resumes an interrupted one; --restart starts afresh.
-See virality/demo.py for the steps.
+See virality/experiments/demo.py for the steps.
 """
 import argparse
 import sys
@@ -26,11 +26,11 @@ def main(argv=None):
     p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <out>/caffe.log)")
     args = p.parse_args(argv)
     print(f"demo: out={args.out} max_iter={args.max_iter or 'solver default'} num_pairs={args.num_pairs or 'default'}")
-    from virality.demo import run
+    from virality.experiments.demo import run
     try:
         run(args.out, max_iter=args.max_iter, num_pairs=args.num_pairs, restart=args.restart, verbose=args.verbose)
-    except Exception as err:        # virality.runs loads Caffe, so it is imported after its logging is set
-        from virality.runs import RunConflict, RunError
+    except Exception as err:        # virality.experiments.runs loads Caffe, so it is imported after its logging is set
+        from virality.experiments.runs import RunConflict, RunError
         if isinstance(err, RunConflict):
             print(f"demo: error: {err}\ndemo: --restart starts the demo afresh (or pass another --out)",
                   file=sys.stderr)

@@ -9,7 +9,7 @@
     .venv/bin/python tools/evaluate.py --run-dir runs/brightness-tiny_pvcnn     # a run, on its own data
     .venv/bin/python tools/evaluate.py --run-dir runs/brightness-tiny_pvcnn --other-data --dataset synthetic
 
-With --run-dir, a run directory (virality/runs.py) is scored on its own dataset and setting
+With --run-dir, a run directory (virality/experiments/runs.py) is scored on its own dataset and setting
 (its eval/); scoring it on other data needs --other-data (and writes eval-<dataset>-<setting>/,
 whose report says what it scored). With --model, the model's latest snapshot in models/<model>/
 is evaluated on the setting its train_val net was trained on (each setting keeps its own test
@@ -63,9 +63,9 @@ def main(argv=None):
         return evaluate_run_dir(args)
     import caffe
     from virality.datasets import load_dataset
-    from virality.evaluation import Run, evaluate_run, latest_snapshot, trained_setting, write_report
-    from virality.imagestore import ImageStore
-    from virality.nets import get_model
+    from virality.experiments.evaluation import Run, evaluate_run, latest_snapshot, trained_setting, write_report
+    from virality.data.imagestore import ImageStore
+    from virality.model.nets import get_model
     from virality.paths import DATA_DIR, MODELS_DIR, PROTOTXT_DIR
 
     if args.gpu is not None:
@@ -99,7 +99,7 @@ def main(argv=None):
             stores[store_path] = ImageStore(store_path)
         print(f"evaluate: {run.model} on {args.dataset}/{run.setting} ({run.caffemodel})", file=sys.stderr)
         results.append(evaluate_run(run, dataset, stores[store_path]))
-    from virality.gallery import write_run_page
+    from virality.report.gallery import write_run_page
     pages = [write_run_page(run, dataset, stores[args.store or DATA_DIR / args.dataset /
                                                   f"images_{get_model(run.model).architecture.image_size}_lmdb"],
                             Path(out) / "pages", show_progress=True) for run in runs]
@@ -113,7 +113,7 @@ def main(argv=None):
 def evaluate_run_dir(args):
     """--run-dir: the run on its own data, or (only with --other-data) on the data named."""
     from virality.paths import DATA_DIR
-    from virality.runs import DataSource, RunDir, RunError
+    from virality.experiments.runs import DataSource, RunDir, RunError
 
     try:
         run = RunDir.read(args.run_dir)

@@ -11,7 +11,7 @@ trained, evaluated and released model in its own run directory (`make experiment
 
 The tables are docs/DATASETS.md's `scores-csv` (image,score[,topic]) and `pairs-csv`
 (image_a,image_b,label). Everything lands in runs/<name>/ (default name <attribute>-<model>;
-virality/runs.py): its data (image store at the model's size, pairs), nets and solver (absolute
+virality/experiments/runs.py): its data (image store at the model's size, pairs), nets and solver (absolute
 paths: `caffe train -solver runs/<name>/solver.prototxt [-gpu N]` trains it too), snapshots,
 log and curves, eval/report.md and release/ (for tools/predict.py). Calling the same command
 again continues the run (training resumes from its last snapshot; finished stages are
@@ -31,7 +31,7 @@ from virality.paths import ROOT
 
 
 def parse_args(argv):
-    # virality.nets loads Caffe, whose logging is set up after parsing (caffe_logging): the
+    # virality.model.nets loads Caffe, whose logging is set up after parsing (caffe_logging): the
     # choices come from the model table and feeds, listed here without importing it.
     MODELS = [f"{arch}_{kind}" for arch in ("tiny", "alexnet", "vgg19") for kind in ("pvcnn", "tpvcnn")]
     FEEDS = ("pair_lmdb", "pair_index")
@@ -77,8 +77,8 @@ def main(argv=None):
     from virality.console import caffe_logging
     caffe_log = caffe_logging(run_dir / "caffe.log", args.verbose)     # before Caffe loads
     from virality.datasets.registry import dataset_options
-    from virality.nets import FEEDS, MODELS, get_model
-    from virality.runs import DataSource, RunDir, RunError, RunSpec, small_test_warning
+    from virality.model.nets import FEEDS, MODELS, get_model
+    from virality.experiments.runs import DataSource, RunDir, RunError, RunSpec, small_test_warning
 
     if args.model not in MODELS or args.feed not in FEEDS:
         print(f"experiment: error: unknown --model {args.model} or --feed {args.feed}", file=sys.stderr)

@@ -22,8 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from virality.download import DownloadError, fetch_manifest
-from virality.zoo import ManifestError, load_manifest, manifest_names
+from virality.pretrained.download import DownloadError, fetch_manifest
+from virality.pretrained.zoo import ManifestError, load_manifest, manifest_names
 
 
 def main(argv=None):

@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from virality.nets import MODELS
+from virality.model.nets import MODELS
 from virality.paths import MODELS_DIR
-from virality.weights import WeightsError, make_tpvcnn_init
+from virality.pretrained.weights import WeightsError, make_tpvcnn_init
 
 
 def main(argv=None):

@@ -4,12 +4,12 @@
     .venv/bin/python tools/make_data.py --dataset synthetic
     .venv/bin/python tools/make_data.py --dataset deza2015 --images /path/to/jpgs --sizes 256 36
 
-Outputs (paths as virality.nets.DataConfig reads them):
+Outputs (paths as virality.model.nets.DataConfig reads them):
 
     data/<name>/raw/                          synthetic only: the SYNTHETIC world, generated if missing
     data/<name>/images_<size>_lmdb/           image store per --sizes (manifest.csv lists problems)
-    data/<name>/<setting>/pairs_train.npy     D_train: int32 (N, 3) training pairs (virality.pairs.sample_pairs)
-    data/<name>/<setting>/pairs_val.npy       D_val: validation pairs from the training pools (virality.splits)
+    data/<name>/<setting>/pairs_train.npy     D_train: int32 (N, 3) training pairs (virality.data.pairs.sample_pairs)
+    data/<name>/<setting>/pairs_val.npy       D_val: validation pairs from the training pools (virality.data.splits)
     data/<name>/<setting>/pairs_test.npy      D_test: the setting's test pairs (read by evaluation only)
     data/<name>/<setting>/pairs_{train,val}_lmdb    6-channel pair Datums (--pair-lmdb)
     data/<name>/<setting>/topics_{train,val}_lmdb   the setting's Topic-CNN records: training images the
@@ -40,11 +40,11 @@ from virality import outputs
 from virality.files import disk_error, file_digest, load_npy, save_npy_atomic
 from virality.outputs import Digest, OutputLock, OutputLocked, stamp_path, write_stamp
 
-from virality.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
+from virality.data.imagestore import ENCODINGS, MAX_PIXELS, RESIZE_MODES, ImageStore, StoreError, build_image_store, \
     write_json
 from virality.paths import DATA_DIR
 
-#: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.architectures).
+#: image store sizes per dataset: 36 = tiny nets, 256 = AlexNet / VGG-19 (virality.model.architectures).
 DEFAULT_SIZES = {"synthetic": [36]}
 FALLBACK_SIZES = [256]
 #: training pairs per setting: synthetic small; otherwise the paper's 10M (Sec. 2.1).
@@ -81,10 +81,10 @@ save_npy = save_npy_atomic
 
 def ensure_synthetic_raw(raw, force):
     """Generate the SYNTHETIC world at ``raw`` if missing (or made by an older generator)."""
-    from virality.synthetic import WorldConfig, generate_world
+    from virality.data.synthetic import WorldConfig, generate_world
 
     config = WorldConfig()
-    digest = Digest("synthetic-raw").value("config", dataclasses.asdict(config)).code("virality/synthetic.py")
+    digest = Digest("synthetic-raw").value("config", dataclasses.asdict(config)).code("virality/data/synthetic.py")
     digest = digest.hexdigest()
     if raw.exists() and not stamp_path(raw).exists() and not force:
         say(f"{raw}: kept as it is (not made by make_data: no stamp); delete it to regenerate")
@@ -115,7 +115,7 @@ def build_stores(items, images_digest, root, sizes, args):
         out = root / f"images_{size}_lmdb"
         options = dict(size=size, resize=args.resize, encoding=args.encoding, max_pixels=args.max_pixels)
         digest = Digest("image-store").value("images", images_digest).value("options", options) \
-            .code("virality/imagestore.py").hexdigest()
+            .code("virality/data/imagestore.py").hexdigest()
         if is_fresh(out, digest, args.force):
             say(f"{out}: up to date")
         else:
@@ -185,7 +185,7 @@ def setting_digest(setting):
 
 def build_pair_files(split, root, num_pairs, seed, force):
     """pairs_{train,val,test}.npy of one (restricted) setting's Split; returns {part: (path, digest)}."""
-    from virality.pairs import sample_pairs
+    from virality.data.pairs import sample_pairs
 
     setting = split.test
     out_dir = root / setting.name
@@ -194,7 +194,7 @@ def build_pair_files(split, root, num_pairs, seed, force):
     train = out_dir / "pairs_train.npy"
     val_pairs = np.asarray(split.val_pairs, np.int32).reshape(-1, 3)
     digest = Digest("train-pairs").value("setting", sd).array("val_pairs", val_pairs) \
-        .value("num_pairs", num_pairs).value("seed", seed).code("virality/pairs.py").hexdigest()
+        .value("num_pairs", num_pairs).value("seed", seed).code("virality/data/pairs.py").hexdigest()
     if is_fresh(train, digest, force):
         say(f"{train}: up to date")
     else:
@@ -219,14 +219,14 @@ def build_pair_files(split, root, num_pairs, seed, force):
 
 
 def build_pair_lmdbs(files, store, splits, force, quiet):
-    from virality.pairlmdb import build_pair_lmdb
+    from virality.data.pairlmdb import build_pair_lmdb
 
     store_path, store_digest = store
     for split in splits:
         path, pairs_digest = files[split]
         out = path.parent / f"pairs_{split}_lmdb"
         digest = Digest("pair-lmdb").value("pairs", pairs_digest).value("store", store_digest) \
-            .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
+            .code("virality/data/pairlmdb.py", "virality/data/imagestore.py").hexdigest()
         pairs = load_npy(path)
         if len(pairs) == 0:
             say(f"{out}: not built: {path.name} holds no pairs (a spearman setting is evaluated by image)")
@@ -240,9 +240,9 @@ def build_pair_lmdbs(files, store, splits, force, quiet):
 
 
 def build_topic_lmdbs(dataset, split, store, root, seed, force, quiet):
-    """topics_{train,val}_lmdb of one setting (virality.splits.topic_split); returns counts or None."""
-    from virality.pairlmdb import build_topic_lmdb
-    from virality.splits import topic_split
+    """topics_{train,val}_lmdb of one setting (virality.data.splits.topic_split); returns counts or None."""
+    from virality.data.pairlmdb import build_topic_lmdb
+    from virality.data.splits import topic_split
 
     store_path, store_digest = store
     ids, topics = np.asarray(dataset.ids, np.int64), np.asarray(dataset.topics, np.int64)
@@ -257,7 +257,7 @@ def build_topic_lmdbs(dataset, split, store, root, seed, force, quiet):
         out = root / split.test.name / f"topics_{part}_lmdb"
         labels = np.array([label_of[i] for i in chosen.tolist()], np.int64)
         digest = Digest("topic-lmdb").array("ids", chosen).array("labels", labels).value("store", store_digest) \
-            .code("virality/pairlmdb.py", "virality/imagestore.py").hexdigest()
+            .code("virality/data/pairlmdb.py", "virality/data/imagestore.py").hexdigest()
         info[part] = int(chosen.size)
         if chosen.size == 0:
             raise ValueError(f"setting {split.test.name}: no {part} image with a known topic for the Topic-CNN")
@@ -306,7 +306,7 @@ def parse_args(argv):
     p.add_argument("--max-lmdb-gb", type=float, default=100.0, help="refuse pair LMDBs larger than this")
     p.add_argument("--val-pairs", type=int,
                    help="validation pairs per setting (default: 300 synthetic, 1000 deza2015 and otherwise, fitted "
-                        "to small tables; virality.splits)")
+                        "to small tables; virality.data.splits)")
     p.add_argument("--val-images-per-side", type=int,
                    help="validation images drawn from each training pool (default: 150 synthetic, 250 otherwise, "
                         "at most a fifth of a pool when fitted)")
@@ -320,7 +320,7 @@ def parse_args(argv):
     args.sizes = args.sizes or DEFAULT_SIZES.get(args.dataset, FALLBACK_SIZES)
     args.num_pairs = args.num_pairs or DEFAULT_NUM_PAIRS.get(args.dataset, FALLBACK_NUM_PAIRS)
     args.pair_lmdb = args.pair_lmdb or DEFAULT_PAIR_LMDB.get(args.dataset, FALLBACK_PAIR_LMDB)
-    from virality.splits import default_validation, has_documented_sizes
+    from virality.data.splits import default_validation, has_documented_sizes
     val = default_validation(args.dataset)
     # sizes fitted to a small table only when none was given and the dataset has no documented ones
     args.fit_validation = not (args.val_pairs or args.val_images_per_side or has_documented_sizes(args.dataset))
@@ -334,8 +334,8 @@ def parse_args(argv):
 def build(args):
     """Build everything under <out-root>/<dataset>/ (the caller holds its lock)."""
     from virality.datasets.registry import load_dataset
-    from virality.pairs import PairSamplingError, max_pairs
-    from virality.splits import split_setting
+    from virality.data.pairs import PairSamplingError, max_pairs
+    from virality.data.splits import split_setting
 
     start = time.time()
     root = args.out_root / args.dataset
@@ -351,7 +351,7 @@ def build(args):
         options = dict(args.dataset_option)
         dataset = load_dataset(args.dataset, data_dir=data_dir, images=args.images, **options)
         if dataset.synthetic:
-            say("NOTE: this dataset is SYNTHETIC (virality/synthetic.py), not real virality data")
+            say("NOTE: this dataset is SYNTHETIC (virality/data/synthetic.py), not real virality data")
         names = args.settings or sorted(dataset.settings)
         settings = [dataset.setting(n) for n in names]
         items, images_digest = image_items(dataset)

@@ -18,10 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from virality.generated import generate
-from virality.nets import FEEDS, MODELS, LossOptions
+from virality.model.generated import generate
+from virality.model.nets import FEEDS, MODELS, LossOptions
 from virality.paths import ROOT
-from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
+from virality.model.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

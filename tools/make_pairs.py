@@ -9,9 +9,9 @@
 Writes an int32 .npy of shape (N, 3): I1 id, I2 id, y (+1 iff I1 is the viral /
 higher image). Pairs are distinct in either order, avoid the setting's test pairs
 (and, in a *_disjoint setting, its test images), labels are balanced, and the
-result depends only on the dataset, setting, N and seed (virality/pairs.py,
+result depends only on the dataset, setting, N and seed (virality/data/pairs.py,
 docs/PROTOCOL.md). The setting's validation set D_val is held out first, as `make data`
-does with the same seed (virality.splits: --val-pairs, --val-images-per-side, defaults per
+does with the same seed (virality.data.splits: --val-pairs, --val-images-per-side, defaults per
 dataset); --val-out writes it and --test-out the setting's test pairs.
 """
 import argparse
@@ -24,8 +24,8 @@ import numpy as np
 from virality.files import save_npy_atomic
 
 from virality.datasets.registry import dataset_names, default_setting, load_dataset
-from virality.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
-from virality.splits import default_validation, split_setting
+from virality.data.pairs import PairSamplingError, check_pairs, max_pairs, sample_pairs
+from virality.data.splits import default_validation, split_setting
 
 
 save_npy = save_npy_atomic

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the SYNTHETIC virality world (virality/synthetic.py) in the on-disk form of a dataset.
+"""Write the SYNTHETIC virality world (virality/data/synthetic.py) in the on-disk form of a dataset.
 
     .venv/bin/python tools/make_synthetic.py                      # data/synthetic/raw, defaults
     .venv/bin/python tools/make_synthetic.py --out /tmp/world --num-images 500 --seed 3 --force
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from virality.paths import DATA_DIR
-from virality.synthetic import WorldConfig, generate_world
+from virality.data.synthetic import WorldConfig, generate_world
 
 
 def main(argv=None):

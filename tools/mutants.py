@@ -2,8 +2,8 @@
 """Mutation testing: change one line of a library module at a time and see whether the tests notice.
 
     make mutants                                        # the modules of TARGETS, 1 worker
-    .venv/bin/python tools/mutants.py --jobs 2 --modules virality/metrics.py
-    .venv/bin/python tools/mutants.py --list virality/ranking.py     # print the mutants, run nothing
+    .venv/bin/python tools/mutants.py --jobs 2 --modules virality/experiments/metrics.py
+    .venv/bin/python tools/mutants.py --list virality/model/ranking.py     # print the mutants, run nothing
 
 Each mutant is one AST node changed on one line (operators, comparisons, boolean operators,
 constants, a call statement replaced by ``pass``; strings and docstrings are left alone). For
@@ -38,12 +38,12 @@ from virality.files import write_text_atomic  # noqa: E402
 
 # module -> pytest arguments: the tests that exercise it (slow paper-size tests left out).
 TARGETS = {
-    "virality/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
-    "virality/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
+    "virality/model/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
+    "virality/experiments/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
                             "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
-    "virality/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
+    "virality/data/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
                           "tests/test_datasets_misc.py", "-k", "not ten_million"],
-    "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
+    "virality/train/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
                              "driver or dropper or validation or non_finite or resume"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
     "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
@@ -67,125 +67,125 @@ _GPU = "the GPU branch: not observable on the CPU-only machines the tests run on
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
 EQUIVALENT = {
-    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
-    ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
-    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 1 << 28"): _LIMIT,
-    ("virality/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 2 << 27"): _LIMIT,
-    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 1 << 25"): _LIMIT,
-    ("virality/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 2 << 24"): _LIMIT,
-    ("virality/metrics.py", "return max(0.0, centre - half), min(1.0, centre + half)",
+    ("virality/data/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
+    ("virality/data/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
+    ("virality/data/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 1 << 28"): _LIMIT,
+    ("virality/data/pairs.py", "MASK_LIMIT = 1 << 27", "MASK_LIMIT = 2 << 27"): _LIMIT,
+    ("virality/data/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 1 << 25"): _LIMIT,
+    ("virality/data/pairs.py", "TABLE_LIMIT = 1 << 24", "TABLE_LIMIT = 2 << 24"): _LIMIT,
+    ("virality/experiments/metrics.py", "return max(0.0, centre - half), min(1.0, centre + half)",
      "return max(0.0, centre - half), min(2.0, centre + half)"):
         "the Wilson upper bound never exceeds 1 by more than a rounding error; the clamp only removes that",
-    ("virality/metrics.py", "predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)",
+    ("virality/experiments/metrics.py", "predicted = np.asarray(predicted, dtype=np.float64).reshape(-1)",
      "predicted = np.asarray(predicted, dtype=np.float64).reshape(-2)"): _RESHAPE,
-    ("virality/metrics.py", "actual = np.asarray(actual, dtype=np.float64).reshape(-1)",
+    ("virality/experiments/metrics.py", "actual = np.asarray(actual, dtype=np.float64).reshape(-1)",
      "actual = np.asarray(actual, dtype=np.float64).reshape(-2)"): _RESHAPE,
-    ("virality/ranking.py", "y = np.asarray(y, dtype=np.float64).reshape(-1)",
+    ("virality/model/ranking.py", "y = np.asarray(y, dtype=np.float64).reshape(-1)",
      "y = np.asarray(y, dtype=np.float64).reshape(-2)"): _RESHAPE,
-    ("virality/ranking.py", "f1 = np.asarray(f1, dtype=np.float64).reshape(-1)",
+    ("virality/model/ranking.py", "f1 = np.asarray(f1, dtype=np.float64).reshape(-1)",
      "f1 = np.asarray(f1, dtype=np.float64).reshape(-2)"): _RESHAPE,
-    ("virality/ranking.py", "f2 = np.asarray(f2, dtype=np.float64).reshape(-1)",
+    ("virality/model/ranking.py", "f2 = np.asarray(f2, dtype=np.float64).reshape(-1)",
      "f2 = np.asarray(f2, dtype=np.float64).reshape(-2)"): _RESHAPE,
-    ("virality/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 and label != 1.0:"):
+    ("virality/model/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 and label != 1.0:"):
         "only decides when check_labels runs (a fast path); check_labels raises iff some label is bad, "
         "and it still runs for every label that is not +1",
-    ("virality/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 or label != -1.0:"):
+    ("virality/model/ranking.py", "if label != 1.0 and label != -1.0:", "if label != 1.0 or label != -1.0:"):
         "check_labels then runs for every pair (slower, same result: it raises iff some label is bad)",
-    ("virality/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
+    ("virality/model/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
      "right += 0.5 if d == 0.0 else float(d * label >= 0.0)   # as pairwise_accuracy"):
         "labels are +-1, so d * label == 0 only when d == 0, which the first branch takes",
-    ("virality/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
+    ("virality/model/ranking.py", "right += 0.5 if d == 0.0 else float(d * label > 0.0)   # as pairwise_accuracy",
      "right += 0.5 if d == 0.0 else float(d / label > 0.0)   # as pairwise_accuracy"):
         "labels are +-1: d / label == d * label",
-    ("virality/ranking.py", "agree = np.sign(f1 - f2) * y", "agree = np.sign(f1 - f2) / y"):
+    ("virality/model/ranking.py", "agree = np.sign(f1 - f2) * y", "agree = np.sign(f1 - f2) / y"):
         "labels are checked to be +-1 just before: sign / y == sign * y",
-    ("virality/ranking.py", "return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))",
+    ("virality/model/ranking.py", "return float(np.mean(np.where(agree == 0, 0.5, agree > 0)))",
      "return float(np.mean(np.where(agree == 0, 0.5, agree >= 0)))"):
         "agree == 0 is taken by the first branch of np.where",
-    ("virality/pairs.py", "y = np.where(rng.integers(0, 2, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)",
+    ("virality/data/pairs.py", "y = np.where(rng.integers(0, 2, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)",
      "y = np.where(rng.integers(0, 3, size=n, dtype=np.int8) > 0, 1, -1).astype(np.int32)"):
         "any i.i.d. coins give an exchangeable vector; flipping a random subset of the surplus then makes it "
         "uniform over balanced label vectors all the same",
-    ("virality/pairs.py", "surplus = int((y > 0).sum()) - n_pos", "surplus = int((y >= 0).sum()) - n_pos"): _PM1,
-    ("virality/pairs.py", "sign = 1 if surplus > 0 else -1", "sign = 1 if surplus >= 0 else -1"):
+    ("virality/data/pairs.py", "surplus = int((y > 0).sum()) - n_pos", "surplus = int((y >= 0).sum()) - n_pos"): _PM1,
+    ("virality/data/pairs.py", "sign = 1 if surplus > 0 else -1", "sign = 1 if surplus >= 0 else -1"):
         "inside `if surplus:`, so surplus is never 0",
-    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+    ("virality/data/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
      "if max(viral.max(initial=0), nonviral.max(initial=1)) > top:"): "the initial value only matters for empty arrays",
-    ("virality/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
+    ("virality/data/pairs.py", "if max(viral.max(initial=0), nonviral.max(initial=0)) > top:",
      "if max(viral.max(initial=1), nonviral.max(initial=0)) > top:"): "the initial value only matters for empty arrays",
-    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+    ("virality/data/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
      "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=True)"): _COPY,
-    ("virality/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
+    ("virality/data/pairs.py", "viral, nonviral = viral.astype(np.int32, copy=False), nonviral.astype(np.int32, copy=False)",
      "viral, nonviral = viral.astype(np.int32, copy=True), nonviral.astype(np.int32, copy=False)"): _COPY,
-    ("virality/pairs.py", "first = y > 0", "first = y >= 0"): _PM1,
-    ("virality/pairs.py", "if 2 * n > available:", "if 2 * n >= available:"): _PATH,
-    ("virality/pairs.py", "if 2 * n > available:", "if 2 / n > available:"): _PATH,
-    ("virality/pairs.py",
+    ("virality/data/pairs.py", "first = y > 0", "first = y >= 0"): _PM1,
+    ("virality/data/pairs.py", "if 2 * n > available:", "if 2 * n >= available:"): _PATH,
+    ("virality/data/pairs.py", "if 2 * n > available:", "if 2 / n > available:"): _PATH,
+    ("virality/data/pairs.py",
      "drop = _sample_keys(rng, space, excluded, available - n) if available > n else np.empty(0, np.int64)",
      "drop = _sample_keys(rng, space, excluded, available - n) if available >= n else np.empty(0, np.int64)"):
         "at available == n both branches drop nothing",
-    ("virality/pairs.py", "if space <= MASK_LIMIT:", "if space < MASK_LIMIT:"): _PATH,
-    ("virality/pairs.py", "mask[excluded] = 2", "mask[excluded] = 3"):
+    ("virality/data/pairs.py", "if space <= MASK_LIMIT:", "if space < MASK_LIMIT:"): _PATH,
+    ("virality/data/pairs.py", "mask[excluded] = 2", "mask[excluded] = 3"):
         "the mask only asks 'free (0)?' and 'drawn (1)?'; any other mark for excluded keys reads the same",
-    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+    ("virality/data/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
      'expect = space * np.log(free * max(free - need, 0.5))'): _DRAWS,
-    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+    ("virality/data/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
      'expect = space * np.log(free / max(free - need, 1.5))'): _DRAWS,
-    ("virality/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
+    ("virality/data/pairs.py", 'expect = space * np.log(free / max(free - need, 0.5))',
      'expect = space / np.log(free / max(free - need, 0.5))'): _DRAWS,
-    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+    ("virality/data/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
      'return int(min(CHUNK, expect * 1.03 + 1025))'): _DRAWS,
-    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+    ("virality/data/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
      'return int(min(CHUNK, expect * 2.0300000000000002 + 1024))'): _DRAWS,
-    ("virality/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
+    ("virality/data/pairs.py", 'return int(min(CHUNK, expect * 1.03 + 1024))',
      'return int(min(CHUNK, expect / 1.03 + 1024))'): _DRAWS,
-    ("virality/pairs.py", 'while have < n:',
+    ("virality/data/pairs.py", 'while have < n:',
      'while have <= n:'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have, n - have),'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
-    ("virality/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
+    ("virality/data/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
         "an empty array of test pairs: its column count is never read",
-    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
-    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 1 and hi < TABLE_LIMIT:"): _LOOKUP,
-    ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 0 and hi <= TABLE_LIMIT:"): _LOOKUP,
-    ("virality/pairs.py", "table = np.zeros(int(hi) + 1, dtype=bool)", "table = np.zeros(int(hi) + 2, dtype=bool)"):
+    ("virality/data/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/data/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 1 and hi < TABLE_LIMIT:"): _LOOKUP,
+    ("virality/data/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo >= 0 and hi <= TABLE_LIMIT:"): _LOOKUP,
+    ("virality/data/pairs.py", "table = np.zeros(int(hi) + 1, dtype=bool)", "table = np.zeros(int(hi) + 2, dtype=bool)"):
         "a lookup table one entry longer than needed answers the same",
-    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+    ("virality/data/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
      "if tp.size == 0 and viral.size == 0 and (nonviral.size == 0):"):
         "with an empty pool no test pair is in both pools, so the keys come out empty either way",
-    ("virality/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
+    ("virality/data/pairs.py", "if tp.size == 0 or viral.size == 0 or nonviral.size == 0:",
      "if tp.size == 1 or viral.size == 0 or nonviral.size == 0:"): "test_pairs is (M, 3): its size is never 1",
-    ("virality/pairs.py", "ok = thi < width", "ok = thi <= width"):
+    ("virality/data/pairs.py", "ok = thi < width", "ok = thi <= width"):
         "a test key lo * width + width equals (lo + 1) * width + 0, which no training pair has (lo < hi)",
-    ("virality/pairs.py", 'while have.size < n:',
+    ("virality/data/pairs.py", 'while have.size < n:',
      'while have.size <= n:'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
      'draws = rng.integers(0, space, size=_draw_count(space, space + excluded.size - have.size, n - have.size),'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have.size, n - have.size),'): _DRAWS,
-    ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
+    ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n - have.size),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have.size, n + have.size),'): _DRAWS,
-    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+    ("virality/data/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
      'width = int(max(hi.max(initial=0), 0)) + 2'): _WIDTH,
-    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+    ("virality/data/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
      'width = int(max(hi.max(initial=0), 1)) + 1'): _WIDTH,
-    ("virality/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
+    ("virality/data/pairs.py", 'width = int(max(hi.max(initial=0), 0)) + 1',
      'width = int(max(hi.max(initial=1), 0)) + 1'): _WIDTH,
-    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+    ("virality/data/pairs.py", 'width = int(hi.max(initial=0)) + 1',
      'width = int(hi.max(initial=0)) + 2'): _WIDTH,
-    ("virality/pairs.py", 'width = int(hi.max(initial=0)) + 1',
+    ("virality/data/pairs.py", 'width = int(hi.max(initial=0)) + 1',
      'width = int(hi.max(initial=1)) + 1'): _WIDTH,
-    ("virality/pairs.py", 'winner = np.where(p[:, 2] > 0, p[:, 0], p[:, 1])',
+    ("virality/data/pairs.py", 'winner = np.where(p[:, 2] > 0, p[:, 0], p[:, 1])',
      'winner = np.where(p[:, 2] >= 0, p[:, 0], p[:, 1])'): _PM1,
-    ("virality/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
+    ("virality/data/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
      'loser = np.where(p[:, 2] >= 0, p[:, 1], p[:, 0])'): _PM1,
-    ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
-    ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
-    ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
+    ("virality/train/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
+    ("virality/train/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
+    ("virality/train/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
      "caffe.set_random_seed(cfg.seed * 1000004 + it)"):
         "any one-to-one map of (seed, iteration) to Caffe's seed gives the same exact resume; the constant is ours",
 }

@@ -42,13 +42,13 @@ def main(argv=None):
     caffe_logging(args.log, args.verbose)
     import caffe
     import numpy as np
-    from virality.gallery import evenly_spaced, image_namer
-    from virality.imagestore import ImageProblem, ImageStore, StoreError, load_image_bgr
-    from virality.nets import get_model
-    from virality.neighbours import features_and_scores, features_of_images, nearest, plot_grid
+    from virality.report.gallery import evenly_spaced, image_namer
+    from virality.data.imagestore import ImageProblem, ImageStore, StoreError, load_image_bgr
+    from virality.model.nets import get_model
+    from virality.deploy.neighbours import features_and_scores, features_of_images, nearest, plot_grid
     from virality.paths import DATA_DIR, PROTOTXT_DIR
-    from virality.predict import collect_images
-    from virality.preprocess import InputSpec
+    from virality.deploy.predict import collect_images
+    from virality.deploy.preprocess import InputSpec
 
     caffe.set_mode_cpu()
     model = get_model(args.model)
@@ -86,7 +86,7 @@ def main(argv=None):
             return 2
         qf, qs = features_of_images(net, images, spec)
         order, dist = nearest(features, None, args.k, query_features=qf)
-        from virality.imagestore import resize_square
+        from virality.data.imagestore import resize_square
         for f, image, s, nb, dd in zip(names, images, qs, order, dist):
             query = dict(name=Path(f).name, image=resize_square(image, spec.image_size), score=float(s))
             rows.append(("file", query, [item(j, d) for j, d in zip(nb, dd)]))
@@ -106,7 +106,7 @@ def main(argv=None):
     title = f"{args.model} on {args.dataset}: nearest neighbours in feature space"
     plot_grid(rows, args.out, title=title)
     if args.html:
-        from virality.gallery import ThumbFolder, neighbours_section, write_page
+        from virality.report.gallery import ThumbFolder, neighbours_section, write_page
         thumbs = ThumbFolder(args.html)
         write_page(args.html, title, [f"snapshot {args.snapshot}; {len(ids)} images searched",
                                       "f_r: the model's score (no unit; higher ranks above)"],

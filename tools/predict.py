@@ -118,9 +118,9 @@ def main(argv=None):
     from virality.console import caffe_logging
     caffe_logging(args.log, args.verbose)
     import caffe
-    from virality.predict import collect_images, predict_files, sort_by_score
-    from virality.ranking import pair_probability
-    from virality.release import ReleaseError, read_release
+    from virality.deploy.predict import collect_images, predict_files, sort_by_score
+    from virality.model.ranking import pair_probability
+    from virality.deploy.release import ReleaseError, read_release
 
     if args.gpu is not None:
         caffe.set_device(args.gpu)
@@ -187,7 +187,7 @@ def main(argv=None):
         _say(f"error: {err}")
         return 2
     if args.html:
-        from virality.gallery import THUMB_SIZE, ThumbFolder
+        from virality.report.gallery import THUMB_SIZE, ThumbFolder
         thumbs = ThumbFolder(args.html)
     _say(f"scoring {len(files)} image(s); {meaning}")
     results = sort_by_score(predict_files(release, args.images, args.batch_size, net=net, workers=args.workers,
@@ -211,7 +211,7 @@ def main(argv=None):
         sys.stdout.write(text)
     failed = [r for r in results if r.error]
     if thumbs is not None:
-        from virality.gallery import Tile, write_ranked_gallery
+        from virality.report.gallery import Tile, write_ranked_gallery
         tiles = [Tile(Path(r.path).name, r.thumb, r.score, r.percentile) for r in results if r.error is None]
         write_ranked_gallery(
             args.html, tiles, title=f"{meta['model']}: {len(tiles)} images ranked by {attribute} score",

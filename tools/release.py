@@ -10,7 +10,7 @@ Without --snapshot the solver's final snapshot is used
 The snapshot is loaded into prototxt/<model>/deploy.prototxt with every layer
 required (a loading report is printed); the directory gets deploy.prototxt,
 <model>.caffemodel, metadata.json and SHA256SUMS, and is validated before it
-replaces an existing release (--force). virality.release.read_release() is
+replaces an existing release (--force). virality.deploy.release.read_release() is
 what tools/predict.py uses to read it back.
 
 Ranking models also get the score distribution of their training images (so predict can
@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from virality.console import caffe_logging, config_lines
-from virality.release import DISTRIBUTION_LIMIT, ReleaseError   # no caffe import: logging is set up first
+from virality.deploy.release import DISTRIBUTION_LIMIT, ReleaseError   # no caffe import: logging is set up first
 
 
 def main(argv=None):
@@ -49,8 +49,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     caffe_logging(args.log, args.verbose)
-    from virality.nets import MODELS, get_model
-    from virality.release import default_snapshot, make_release, release_dir, training_reference
+    from virality.model.nets import MODELS, get_model
+    from virality.deploy.release import default_snapshot, make_release, release_dir, training_reference
     if args.model not in MODELS:
         parser.error(f"unknown model '{args.model}'; one of {', '.join(sorted(MODELS))}")
     try:

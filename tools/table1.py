@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The paper's Table 1 as one resumable plan of runs (`make table1`; virality/plan.py).
+"""The paper's Table 1 as one resumable plan of runs (`make table1`; virality/experiments/plan.py).
 
     .venv/bin/python tools/table1.py --images /path/to/deza/jpgs --gpu 0     # the Image Virality half
     .venv/bin/python tools/table1.py --images ... --popularity /path/to/popularity.csv --popularity-images ...
@@ -8,7 +8,7 @@
 Plan: the Topic-CNNs first, then AlexNet and VGG-19 (tiny for synthetic), PVCNN and TPVCNN, on
 every setting of the dataset (deza2015: complete, top_bottom, random and their _disjoint
 variants). Each run is a directory under --out (default runs/table1-<dataset>/<run>/, see
-virality/runs.py). A second call skips finished runs and resumes an interrupted one from its
+virality/experiments/runs.py). A second call skips finished runs and resumes an interrupted one from its
 last snapshot; progress covers the whole plan (which run, how far, ETA). Ends in
 <out>/report.md: one table beside the paper's numbers, with 95% intervals and a link per run.
 
@@ -54,8 +54,8 @@ def main(argv=None):
     from virality.console import caffe_logging
     out = (args.out or ROOT / "runs" / f"table1-{args.dataset}").resolve()
     caffe_log = caffe_logging(out / "caffe.log", args.verbose)      # before Caffe loads
-    from virality.plan import PlanRunner, check_plan, table1_plan
-    from virality.runs import DataSource, RunError
+    from virality.experiments.plan import PlanRunner, check_plan, table1_plan
+    from virality.experiments.runs import DataSource, RunError
 
     archs = args.archs or (["tiny"] if args.dataset == "synthetic" else ["alexnet", "vgg19"])
     weights = {}

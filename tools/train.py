@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train a model with pycaffe, adding what `caffe train` lacks (virality/training.py).
+"""Train a model with pycaffe, adding what `caffe train` lacks (virality/train/training.py).
 
     .venv/bin/python tools/train.py --model tiny_pvcnn
     .venv/bin/python tools/train.py --model alexnet_pvcnn --weights models/pretrained/bvlc_alexnet.caffemodel \
@@ -77,7 +77,7 @@ def main(argv=None):
         print(f"train: solver {solver} not found (see `make nets`)", file=sys.stderr)
         return 2
     out = (args.out or workdir / "models" / args.model).resolve()
-    from virality.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
+    from virality.train.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
     gpus = None
     if args.gpus is not None:
         try:
@@ -98,14 +98,14 @@ def main(argv=None):
 
     import os
     os.chdir(workdir)   # Caffe resolves the nets' data sources from the cwd
-    from virality.preflight import SCRATCH_BANNER, RunError, check_initialisation, write_run_record
+    from virality.train.preflight import SCRATCH_BANNER, RunError, check_initialisation, write_run_record
     try:
         from_scratch = check_initialisation(args.model, args.weights or args.resume, args.from_scratch)
     except RunError as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
-    from virality.preflight import net_data_setting
-    from virality.training import read_solver, resolve_net_path
+    from virality.train.preflight import net_data_setting
+    from virality.train.training import read_solver, resolve_net_path
     try:
         dataset, setting = net_data_setting(resolve_net_path(read_solver(solver).net, solver, workdir))
     except (RunError, OSError) as err:
@@ -117,13 +117,13 @@ def main(argv=None):
                               command=sys.argv)
     if from_scratch:
         print(SCRATCH_BANNER.format(model=args.model, record=record), flush=True)
-    from virality.plots import plot_training_curves, read_csv
+    from virality.report.plots import plot_training_curves, read_csv
     from virality.files import DiskError, TruncatedFile
-    from virality.imagestore import StoreError
-    from virality.pair_batches import PairDataError
+    from virality.data.imagestore import StoreError
+    from virality.data.pair_batches import PairDataError
     from virality.outputs import OutputLocked
-    from virality.snapshots import SnapshotError
-    from virality.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
+    from virality.train.snapshots import SnapshotError
+    from virality.train.training import Interrupted, NonFiniteLoss, TrainConfig, Trainer
 
     config = TrainConfig(solver_path=solver, out_dir=out, workdir=workdir,
                          weights=[w.resolve() for w in args.weights],

@@ -29,7 +29,7 @@ def measure(solver_path, weight_decay, max_iter, every, seed):
     import numpy as np
     from google.protobuf import text_format
 
-    from virality.training import read_solver, resolve_net_path
+    from virality.train.training import read_solver, resolve_net_path
 
     param = read_solver(solver_path)
     param.net = str(resolve_net_path(param.net, solver_path, ROOT))

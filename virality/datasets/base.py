@@ -38,12 +38,12 @@ class Setting:
                  ({"alexnet_pvcnn": 69.97, ...}); empty when the paper has none.
     train_pairs: optional int32 (K, 3) [I1, I2, y]: when given (datasets that come
                  as labelled pairs, e.g. pairs-csv), training pairs are drawn from
-                 these instead of viral_pool x nonviral_pool (virality.pairs).
+                 these instead of viral_pool x nonviral_pool (virality.data.pairs).
     per_user:    spearman settings only: rho is computed per user over that user's
                  test images and averaged over users (popularity "user_specific").
     held_out_pairs: optional int32 (K, 3): pairs no training pair may equal (in either
                  order) besides the test pairs: the validation pairs of a setting that
-                 is not image-disjoint (virality.splits).
+                 is not image-disjoint (virality.data.splits).
     fold:        the cross-validation fold a setting tests (deza2015 ``complete_fold<k>``);
                  None when the setting has no folds.
     """

@@ -5,7 +5,7 @@
   after sorting by image name (``Dataset.image_names`` holds the names).
   Settings (docs/PROTOCOL.md): ``random`` and ``random_disjoint``: images are split
   at the median score into a high and a low half (like Deza & Parikh's viral /
-  non-viral halves, :func:`virality.pairs.split_by_median`); a seeded
+  non-viral halves, :func:`virality.data.pairs.split_by_median`); a seeded
   ``test_fraction`` of each half is held out and matched at random into test pairs
   (one high, one low image, each test image in one pair, labels balanced).
   ``random`` keeps only the test pairs out of training (the seed paper's
@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from virality.datasets.base import Dataset, Setting
-from virality.pairs import balanced_labels, orient_pairs, split_by_median
+from virality.data.pairs import balanced_labels, orient_pairs, split_by_median
 
 SCORES_FILE = "scores.csv"
 PAIRS_FILE = "pairs.csv"
@@ -277,7 +277,7 @@ def load_scores_csv(data_dir, images=None, name="scores-csv", synthetic=False, t
 
 
 def load_synthetic(data_dir, images=None, **options):
-    """The embedded synthetic world (virality/synthetic.py's output), read as a scores-csv.
+    """The embedded synthetic world (virality/data/synthetic.py's output), read as a scores-csv.
 
     Its topic classes keep the generator's order when world.json lists them."""
     base = Path(data_dir)

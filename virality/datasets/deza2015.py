@@ -24,7 +24,7 @@ import numpy as np
 
 from virality.datasets.base import Dataset, Setting
 from virality.datasets.virality_score import check_against_published, compute_scores, load_published
-from virality.pairs import balanced_labels, orient_pairs
+from virality.data.pairs import balanced_labels, orient_pairs
 from virality.paths import ROOT
 
 NAME = "deza2015"

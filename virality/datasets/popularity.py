@@ -20,7 +20,7 @@ correlation between predicted and actual scores of the test images:
 
 Training pairs come from the training images only (every setting is image
 disjoint): the training images are split at the median score
-(:func:`virality.pairs.split_by_median`) into a high and a low pool, and pairs
+(:func:`virality.data.pairs.split_by_median`) into a high and a low pool, and pairs
 are drawn from high x low, as for the virality data. The paper's numbers are
 rho x 100 (PAPER.md).
 """
@@ -30,8 +30,8 @@ import numpy as np
 
 from virality.datasets.base import Dataset, Setting
 from virality.datasets.csvs import check_image_names, parse_floats, read_table, user_ids
-from virality.metrics import setting_spearman, spearman  # noqa: F401  (spearman: one definition, re-exported)
-from virality.pairs import split_by_median
+from virality.experiments.metrics import setting_spearman, spearman  # noqa: F401  (spearman: one definition, re-exported)
+from virality.data.pairs import split_by_median
 
 NAME = "popularity"
 TABLE_NAMES = ("popularity.csv", "popularity.tsv", "popularity.txt")
@@ -142,5 +142,5 @@ def load(data_dir, images=None, image_ext=".jpg", seed=0, test_fraction=0.5, min
 def evaluate(dataset, setting, predicted):
     """Spearman rho (not x 100) of ``predicted`` (aligned with ``setting.test_images``)
     against the dataset's scores; per user and averaged for a ``per_user`` setting
-    (virality.metrics.setting_spearman, the one path evaluation uses too)."""
+    (virality.experiments.metrics.setting_spearman, the one path evaluation uses too)."""
     return setting_spearman(dataset, setting, predicted)[0]

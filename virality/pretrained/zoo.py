@@ -6,7 +6,7 @@ licence, its input conventions (crop, mean BGR), where its definition comes
 from, and the layers our towers take from it. ``model_zoo/README.md`` documents
 every key.
 
-    from virality.zoo import load_manifest
+    from virality.pretrained.zoo import load_manifest
     m = load_manifest("bvlc_alexnet")
     m.url, m.sha1, m.default_dest()
 
@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from virality.architectures import ARCHITECTURES
+from virality.model.architectures import ARCHITECTURES
 from virality.paths import MODELS_DIR, ROOT
 
 ZOO_DIR = ROOT / "model_zoo"
@@ -197,7 +197,7 @@ def reference_net(arch_name, batch=1):
     import caffe
     from caffe import layers as L
 
-    from virality.architectures import TowerNamer
+    from virality.model.architectures import TowerNamer
 
     arch = ARCHITECTURES[arch_name]
     n = caffe.NetSpec()

@@ -4,10 +4,10 @@ A *run* is one trained model on one setting: (setting name, model name, caffemod
 Each run is scored once on its own setting's test set D_test, with the snapshot
 chosen without it (training validates on D_val only; docs/PROTOCOL.md): pairwise
 accuracy with a 95% interval (Wilson where every test image is in one pair, a
-bootstrap over images where images repeat: virality.metrics.accuracy_interval),
+bootstrap over images where images repeat: virality.experiments.metrics.accuracy_interval),
 Spearman's rho for popularity settings (per user and averaged for user_specific,
-virality.metrics.setting_spearman). Scores come from the deploy net applied to the
-image store (centre crop, the architecture's mean and scale: virality.preprocess),
+virality.experiments.metrics.setting_spearman). Scores come from the deploy net applied to the
+image store (centre crop, the architecture's mean and scale: virality.deploy.preprocess),
 one forward pass per test image.
 
 Reports put each image-disjoint figure first and the paper-protocol figure beside
@@ -27,11 +27,11 @@ from typing import Optional
 import numpy as np
 
 from virality.files import write_text_atomic
-from virality.metrics import WILSON, accuracy_interval, pair_scores, setting_spearman
-from virality.nets import get_model
+from virality.experiments.metrics import WILSON, accuracy_interval, pair_scores, setting_spearman
+from virality.model.nets import get_model
 from virality.paths import PROTOTXT_DIR
-from virality.preprocess import InputSpec, chw_to_input, forward_in_batches
-from virality.snapshots import latest_snapshot  # noqa: F401  (skips incomplete snapshots)
+from virality.deploy.preprocess import InputSpec, chw_to_input, forward_in_batches
+from virality.train.snapshots import latest_snapshot  # noqa: F401  (skips incomplete snapshots)
 
 
 @dataclass
@@ -108,7 +108,7 @@ def evaluate_run(run, dataset, store, net=None):
 
 def trained_setting(train_val_path):
     """(dataset, setting) a train_val net reads, from its TRAIN data source path."""
-    from virality.preflight import net_data_setting
+    from virality.train.preflight import net_data_setting
     return net_data_setting(train_val_path)
 
 
@@ -224,6 +224,6 @@ def write_report(results, dataset, out_dir, title, notes=()):
 
 
 def plot_results(results, png, title, attribute="virality"):
-    """The Table-1 figure (virality.plots.plot_accuracy: intervals, n, the paper's numbers), in report order."""
-    from virality.plots import plot_accuracy
+    """The Table-1 figure (virality.report.plots.plot_accuracy: intervals, n, the paper's numbers), in report order."""
+    from virality.report.plots import plot_accuracy
     return plot_accuracy(results, png, title, attribute, settings=ordered_settings(results))

@@ -3,7 +3,7 @@ resumable from wherever the run directory has moved (docs/FAILURES.md).
 
 Caffe writes ``<prefix>_iter_N.caffemodel`` and then ``<prefix>_iter_N.solverstate``
 straight under their final names; a full disk or a kill in between leaves a
-truncated file there. The training driver (virality.training) therefore points
+truncated file there. The training driver (virality.train.training) therefore points
 Caffe at a staging prefix in ``<out>/.snapshot-partial/`` and calls
 :func:`commit` afterwards, which checks the caffemodel against the net and the
 solverstate's wire format, then renames them into place (caffemodel first, so
@@ -22,7 +22,7 @@ import re
 import shutil
 from pathlib import Path
 
-from virality.caffemodel import CaffeModelError, _enc_varint, _fields, read_caffemodel
+from virality.pretrained.caffemodel import CaffeModelError, _enc_varint, _fields, read_caffemodel
 
 STAGING_DIR = ".snapshot-partial"
 #: SolverState fields (caffe.proto): iter = 1, learned_net = 2, history = 3, current_step = 4.

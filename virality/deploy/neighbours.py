@@ -6,7 +6,7 @@ show the cosine distance 1 - similarity (0 = the same direction, 2 = opposite).
 """
 import numpy as np
 
-from virality.preprocess import chw_to_input, forward_blobs
+from virality.deploy.preprocess import chw_to_input, forward_blobs
 from virality.progress import progress
 
 
@@ -37,7 +37,7 @@ def features_and_scores(net, store, ids, spec, batch_size=64, show_progress=Fals
 
 def features_of_images(net, images_bgr, spec, batch_size=64):
     """(features, scores) for decoded BGR images (files given as queries)."""
-    from virality.preprocess import to_input
+    from virality.deploy.preprocess import to_input
     f, s = forward_blobs(net, to_input(images_bgr, spec), [feature_blob(net), "score"], batch_size)
     return f.astype(np.float32), s[:, 0]
 

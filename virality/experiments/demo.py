@@ -1,7 +1,7 @@
-"""`make demo`: the Table 1 plan (virality/plan.py) on the embedded synthetic world, tiny models, CPU.
+"""`make demo`: the Table 1 plan (virality/experiments/plan.py) on the embedded synthetic world, tiny models, CPU.
 
 1. data: the synthetic world, its image store, pairs and LMDBs (tools/make_data.py);
-2. runs under demo/<run>/ (virality/runs.py): tiny_topic (the Topic-CNN), then tiny_pvcnn and
+2. runs under demo/<run>/ (virality/experiments/runs.py): tiny_topic (the Topic-CNN), then tiny_pvcnn and
    tiny_tpvcnn (its frozen topic branch from the tiny_topic run) on ``random_disjoint`` and
    ``random``, each trained, evaluated on its own setting's held-out pairs and released;
 3. demo/report.md: the table (each number linking to its run), results.json, accuracy.png.
@@ -24,8 +24,8 @@ def _say(msg):
 
 
 def plan(out=DEMO_DIR, max_iter=0, num_pairs=None):
-    from virality.plan import table1_plan
-    from virality.runs import DataSource
+    from virality.experiments.plan import table1_plan
+    from virality.experiments.runs import DataSource
     source = DataSource(DATASET, data_root=str(DATA_DIR), num_pairs=num_pairs)
     return table1_plan(source, list(SETTINGS), ["tiny"], out, max_iter=max_iter)
 
@@ -40,7 +40,7 @@ def run(out=DEMO_DIR, max_iter=0, num_pairs=None, restart=False, verbose=False):
             raise SystemExit(f"demo: {out} holds no plan.json: not a demo directory; not removing it")
         shutil.rmtree(out)
     caffe_log = caffe_logging(out.resolve() / "caffe.log", verbose)      # before Caffe loads
-    from virality.plan import PlanRunner
+    from virality.experiments.plan import PlanRunner
     if caffe_log:
         _say(f"Caffe's full log: {caffe_log}")
     t0 = time.time()

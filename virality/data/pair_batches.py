@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from virality.files import TruncatedFile, load_npy
-from virality.imagestore import ImageStore
+from virality.data.imagestore import ImageStore
 
 
 class PairDataError(ValueError):
@@ -187,7 +187,7 @@ class PairBatcher:
         """The batch of ``rows`` (from next_rows) as batch ``batch_index``; into ``out`` arrays when given.
 
         A pure function of (rows, batch_index) and the configuration, so worker processes
-        (virality/pair_workers.py) assemble batches in any order with the same result.
+        (virality/data/pair_workers.py) assemble batches in any order with the same result.
         """
         aug_rng = np.random.default_rng([self.seed, 1, batch_index])   # a function of the batch index
         b, c, s = len(rows), self.crop, self.source.size

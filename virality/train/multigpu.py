@@ -12,7 +12,7 @@ share of every global batch of N x batch_size pairs (python_layers.pair_data rea
 the effective batch is said in the log (docs/GPU.md).
 
 Roles:
-- rank 0 (the leader) is the ordinary ``virality.training.Trainer`` in the launching process: it
+- rank 0 (the leader) is the ordinary ``virality.train.training.Trainer`` in the launching process: it
   validates (only Caffe's root solver has test nets), logs, snapshots, drops the learning rate
   and handles SIGINT/SIGTERM. Through ``Trainer.parallel`` (:class:`Leader`) it tells the other
   ranks, over one pipe each, what to do before every step: ``build`` (a solver from the
@@ -248,7 +248,7 @@ def _follow(config, rank, world, backend, conn, allreduce, leader_pid):
     import gc
 
     import caffe
-    from virality.training import close_python_feeds, read_solver, seek_python_feeds
+    from virality.train.training import close_python_feeds, read_solver, seek_python_feeds
 
     if config.gpu is not None:
         caffe.set_device(config.gpu)

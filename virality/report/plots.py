@@ -147,7 +147,7 @@ def plot_accuracy(results, png, title, attribute="virality", settings=None):
 def accuracy_figure(results, title, attribute="virality", settings=None):
     """Table 1 as a figure: ours (bars, 95% intervals, n on each) beside the paper's number (a black
     diamond, on the paper-protocol settings only), by setting (``settings``: their order; default
-    as they come); results are virality.evaluation.Result rows."""
+    as they come); results are virality.experiments.evaluation.Result rows."""
     settings = settings or list(dict.fromkeys(r.setting for r in results))
     models = list(dict.fromkeys(r.model for r in results))
     by = {(r.model, r.setting): r for r in results}

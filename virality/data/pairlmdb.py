@@ -16,7 +16,7 @@ of every record, in key order. Records reuse the store's Datum as it is (raw or
 encoded) with the label set.
 
 Both are built under a temporary name and renamed when complete
-(:func:`virality.imagestore.atomic_dir`), with a ``store.json`` of what they hold.
+(:func:`virality.data.imagestore.atomic_dir`), with a ``store.json`` of what they hold.
 """
 import time
 from pathlib import Path
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from virality.files import check_free_space
-from virality.imagestore import (IDS_FILE, META_FILE, ImageStore, LmdbWriter, StoreError, atomic_dir,
+from virality.data.imagestore import (IDS_FILE, META_FILE, ImageStore, LmdbWriter, StoreError, atomic_dir,
                                  check_records, key, lmdb_bytes, open_lmdb, parse_datum, read_meta, spread,
                                  write_json)
 from virality.progress import progress as progress_bar
@@ -160,7 +160,7 @@ def build_topic_lmdb(store_path, ids, labels, out, progress=True, extra_meta=Non
 
 def open_records(path, expected_format):
     """(meta, lmdb Environment) of a pair or topic LMDB, after checking it is whole
-    (store.json, file size, record count, a few records: virality.imagestore.open_lmdb)."""
+    (store.json, file size, record count, a few records: virality.data.imagestore.open_lmdb)."""
     meta = read_meta(path, expected_format)
     env = open_lmdb(path, entries=meta.get("records"))
     channels = meta.get("channels")

@@ -10,7 +10,7 @@ What it adds to ``caffe train`` (which remains the faithful command-line path):
 - snapshots and exact resume: the random state of each iteration is a function
   of (seed, iteration), and Python feeds are told where to continue;
 - snapshots are complete or absent (written under a staging prefix, checked, then
-  renamed: virality.snapshots), a resume works after the run directory moved, and
+  renamed: virality.train.snapshots), a resume works after the run directory moved, and
   SIGINT/SIGTERM stop the run after the current iteration with a snapshot there
   (:class:`Interrupted`; docs/FAILURES.md);
 - a non-finite loss stops the run, naming the iteration; the last good snapshot
@@ -34,11 +34,11 @@ from google.protobuf import text_format
 import caffe
 from caffe.proto import caffe_pb2
 from virality.files import DiskError, check_free_space, load_npy, save_npy_atomic, write_text_atomic
-from virality.imagestore import open_lmdb
+from virality.data.imagestore import open_lmdb
 from virality.outputs import OutputLock
-from virality.ranking import pairwise_accuracy
-from virality.snapshots import commit, prepare_staging, restorable, staging_prefix
-from virality.weights import read_net_param
+from virality.model.ranking import pairwise_accuracy
+from virality.train.snapshots import commit, prepare_staging, restorable, staging_prefix
+from virality.pretrained.weights import read_net_param
 
 MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
 
@@ -144,7 +144,7 @@ def count_test_records(net_param, workdir):
 
 
 def check_data_sources(net_param, workdir):
-    """Open every LMDB a Data layer of the net reads (either phase), checked (virality.imagestore.open_lmdb):
+    """Open every LMDB a Data layer of the net reads (either phase), checked (virality.data.imagestore.open_lmdb):
     Caffe itself would die of SIGBUS, with no message, on a truncated one."""
     for layer in net_param.layer:
         if layer.type == "Data" and layer.data_param.source:
@@ -275,7 +275,7 @@ class Trainer:
 
     def __init__(self, config, log=print, progress=None):
         """``progress(done, max_iter)``, when given, is called with every progress line
-        (the experiment plan's whole-plan ETA, virality/plan.py)."""
+        (the experiment plan's whole-plan ETA, virality/experiments/plan.py)."""
         self.cfg = config
         self.log = log
         self.progress = progress
@@ -299,7 +299,7 @@ class Trainer:
         self.net_param = read_net_param(net_path)
         self.num_test = count_test_records(self.net_param, config.workdir)
         check_data_sources(self.net_param, config.workdir)
-        #: data-parallel training: the leader of virality.multigpu (None: one solver)
+        #: data-parallel training: the leader of virality.train.multigpu (None: one solver)
         self.parallel = None
 
     # -- solver construction ------------------------------------------------------------

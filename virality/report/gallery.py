@@ -256,13 +256,13 @@ def write_run_page(run, dataset, store, out_dir, num_pairs=12, num_queries=3, k=
     """One evaluation run as a page: the most confident right and wrong test pairs side by side,
     and Fig. 2-style neighbours of the highest- and lowest-scored test images. Returns its path.
 
-    Scores come from the deploy net on the image store, as evaluation's (virality.preprocess).
+    Scores come from the deploy net on the image store, as evaluation's (virality.deploy.preprocess).
     """
     import caffe
-    from virality.nets import get_model
-    from virality.neighbours import features_and_scores, nearest, plot_grid
+    from virality.model.nets import get_model
+    from virality.deploy.neighbours import features_and_scores, nearest, plot_grid
     from virality.paths import PROTOTXT_DIR
-    from virality.preprocess import InputSpec
+    from virality.deploy.preprocess import InputSpec
 
     model = get_model(run.model)
     spec = InputSpec.of_architecture(model.architecture)

@@ -8,7 +8,7 @@ not say how D_val is made. Our decision, one rule for every dataset:
 - D_val comes from the training pools only: ``images_per_side`` validation images
   are drawn (seeded) from each pool with every test image removed, and
   ``num_pairs`` validation pairs are sampled from val-viral x val-non-viral, labels
-  balanced, like training pairs (:func:`virality.pairs.sample_pairs`).
+  balanced, like training pairs (:func:`virality.data.pairs.sample_pairs`).
 - Paper protocol (a setting that is not disjoint): the validation images stay in
   the training pools (as the paper's test images do) and only the validation pairs
   are kept out of training (``Setting.held_out_pairs``), so validation accuracy
@@ -32,11 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from virality.pairs import PairSamplingError, sample_pairs
+from virality.data.pairs import PairSamplingError, sample_pairs
 
 #: validation sizes per dataset (documented in docs/PROTOCOL.md; make_data options
 #: --val-pairs / --val-images-per-side). They make Caffe's test phase exact:
-#: val pairs = test_iter x test batch of the generated solvers (virality.solvers).
+#: val pairs = test_iter x test batch of the generated solvers (virality.model.solvers).
 DEFAULT_VALIDATION = {
     "deza2015": dict(num_pairs=1000, images_per_side=250),
     "synthetic": dict(num_pairs=300, images_per_side=150),

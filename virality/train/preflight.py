@@ -1,5 +1,5 @@
 """What every training run checks before it starts (tools/caffe_train.py, tools/train.py, and a run
-directory's training in virality/runs.py), and the training record of `make train`.
+directory's training in virality/experiments/runs.py), and the training record of `make train`.
 
 - A model whose towers take ImageNet weights (alexnet, vgg19; Sec. 2.3: "fine-tune
   two such disjoint networks from their image classification weights") refuses to
@@ -10,8 +10,8 @@ directory's training in virality/runs.py), and the training record of `make trai
 - ``run.json`` in a model directory (models/<model>/, `make train`) records the
   setting the net trains on, the weights, ``from_scratch`` and the command
   (:func:`write_run_record`), so a TPVCNN can check that its Topic-CNN was trained for
-  the same setting. A run directory (runs/<name>/, virality/runs.py) keeps the same
-  facts in its own run.json, written by virality.runs; these checks are shared.
+  the same setting. A run directory (runs/<name>/, virality/experiments/runs.py) keeps the same
+  facts in its own run.json, written by virality.experiments.runs; these checks are shared.
 """
 import json
 import re
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from virality.files import write_text_atomic
-from virality.nets import get_model
+from virality.model.nets import get_model
 
 RUN_RECORD = "run.json"
 SCRATCH_BANNER = ("!" * 78 + "\n!!! {model}: TRAINING FROM SCRATCH (random initialisation, no ImageNet weights).\n"
@@ -58,7 +58,7 @@ def net_data_setting(train_val_path):
 
 def check_test_coverage(solver_param, net_param, workdir):
     """Raise unless test_iter x the TEST-phase batch equals the validation records the net reads."""
-    from virality.training import count_test_records
+    from virality.train.training import count_test_records
 
     if not solver_param.test_iter:
         return None

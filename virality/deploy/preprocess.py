@@ -2,14 +2,14 @@
 
 Training feeds apply the same recipe inside Caffe (transform_param) or in the
 pair-index layer: the image store holds images resized to ``image_size``
-(virality.imagestore.resize_square); the net sees the centre ``crop_size`` crop
+(virality.data.imagestore.resize_square); the net sees the centre ``crop_size`` crop
 (random crop + mirror in training), BGR, (pixel - mean_bgr) * scale, CHW.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
-from virality.imagestore import resize_square
+from virality.data.imagestore import resize_square
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ others at INFO level (invisible by default), and aborts the process on a shape
 mismatch. So:
 
 - ``load_weights(net, net_param, path, required)`` first indexes the file
-  (``virality.caffemodel``: names, shapes, data, V1 or current format) and
+  (``virality.pretrained.caffemodel``: names, shapes, data, V1 or current format) and
   checks it against the net: a shape or blob-count mismatch, or a layer meant
   to be pretrained (``Architecture.pretrained``) that the file lacks (e.g. a
   renamed layer), raises ``WeightsError`` with a clear message *before* Caffe
@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_format
 
-from virality.architectures import ARCHITECTURES, TOWER_PARAM_LAYERS
-from virality.caffemodel import CaffeModelError, read_caffemodel, write_caffemodel
-from virality.download import file_sha1
+from virality.model.architectures import ARCHITECTURES, TOWER_PARAM_LAYERS
+from virality.pretrained.caffemodel import CaffeModelError, read_caffemodel, write_caffemodel
+from virality.pretrained.download import file_sha1
 from virality.paths import PROTOTXT_DIR, ROOT
-from virality.zoo import find_by_file
+from virality.pretrained.zoo import find_by_file
 
 UPGRADE_TOOL = ROOT / ".engine" / "bin" / "upgrade_net_proto_binary"
 
@@ -52,7 +52,7 @@ class WeightsError(Exception):
 
 # ------------------------------------------------------------------- nets
 def _model(model_name):
-    from virality.nets import get_model
+    from virality.model.nets import get_model
     return get_model(model_name)
 
 

@@ -2,7 +2,7 @@
 
 Pairwise accuracy (Table 1, Image Virality Dataset): the share of test pairs whose
 predicted order (I1 more viral iff f1 > f2) agrees with the label; a tie counts
-half (virality.ranking.pairwise_accuracy). Test sets are small (489 pairs give a
+half (virality.model.ranking.pairwise_accuracy). Test sets are small (489 pairs give a
 95% interval of about +-4 points), so every accuracy is reported with a 95%
 interval, chosen by :func:`accuracy_interval`:
 
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from virality.ranking import pairwise_accuracy  # noqa: F401  (one definition, re-exported)
+from virality.model.ranking import pairwise_accuracy  # noqa: F401  (one definition, re-exported)
 
 
 def wilson_interval(successes, n, z=1.959963984540054):

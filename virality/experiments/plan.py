@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virality.files import write_text_atomic
-from virality.runs import DataChanged, RunDir, RunError, RunSpec
+from virality.experiments.runs import DataChanged, RunDir, RunError, RunSpec
 
 #: Table 1's setting columns, in the paper's order.
 BASE_SETTINGS = ("complete", "top_bottom", "random")
@@ -34,7 +34,7 @@ class PlanEntry:
 
 def topic_groups(source, arch, settings):
     """[(run name, [settings])]: settings whose Topic-CNN reads the same training data share one run."""
-    from virality.solvers import default_data_config
+    from virality.model.solvers import default_data_config
     groups = {}
     for s in settings:
         cfg = default_data_config(f"{arch}_topic", dataset=source.dataset, setting=s, data_root=source.data_root)
@@ -69,12 +69,12 @@ def table1_plan(source, settings, archs, out_dir, weights=None, kinds=("pvcnn", 
 
 
 def planned_iterations(spec):
-    from virality.solvers import schedule_for
+    from virality.model.solvers import schedule_for
     return spec.max_iter or schedule_for(spec.model).max_iter
 
 
 def _cost_class(spec):
-    from virality.nets import get_model
+    from virality.model.nets import get_model
     model = get_model(spec.model)
     return f"{model.arch} {'topic' if model.kind == 'topic' else model.kind}"
 
@@ -127,8 +127,8 @@ class PlanRunner:
     # -- running -------------------------------------------------------------------------------------
     def build_data(self):
         """make_data once per data source, for the image sizes, settings and feeds the plan needs."""
-        from virality.nets import get_model
-        from virality.solvers import DEFAULT_DATA
+        from virality.model.nets import get_model
+        from virality.model.solvers import DEFAULT_DATA
         summaries, by_source = {}, {}
         for e in self.entries:
             by_source.setdefault(source_key(e.spec.data), (e.spec.data, []))[1].append(e.spec)
@@ -264,7 +264,7 @@ def _interval_label(*evs):
 
 
 def _fold_mean(runs_of_folds):
-    """The mean over the 5 complete folds (virality.evaluation.fold_means' rule), or None until all 5 are scored."""
+    """The mean over the 5 complete folds (virality.experiments.evaluation.fold_means' rule), or None until all 5 are scored."""
     evs = [r.status().get("evaluated") if r is not None else None for r in runs_of_folds]
     if len(evs) != FOLDS or any(not ev or ev.get("value") is None for ev in evs):
         return None
@@ -345,7 +345,7 @@ def table_markdown(runs, entries, title, notes=(), stale=()):
 
 def write_table(runs, entries, out_dir, title, notes=(), stale=()):
     """report.md (the table), results.json (every run's evaluation) and accuracy.png in out_dir."""
-    from virality.evaluation import Result, plot_results
+    from virality.experiments.evaluation import Result, plot_results
     out_dir = Path(out_dir)
     results, rows = [], []
     for e, r in zip(entries, runs):

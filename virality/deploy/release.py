@@ -12,7 +12,7 @@
                            n, 101 quantiles of f_r, mean, std; predict turns f_r into a percentile)
     SHA256SUMS             sha256 of the three files above (``sha256sum -c SHA256SUMS`` format)
 
-The snapshot is loaded into the deploy net with ``virality.weights.load_weights``,
+The snapshot is loaded into the deploy net with ``virality.pretrained.weights.load_weights``,
 every layer required: a release whose layers were not all trained fails. The
 directory is assembled in a temporary sibling, validated with ``read_release``,
 then moved into place: nothing half-written.
@@ -91,7 +91,7 @@ class Release:
     def net(self):
         """The deploy net with the release's weights (TEST phase), after checking the caffemodel fits it."""
         import caffe
-        from virality.caffemodel import CaffeModelError, read_caffemodel
+        from virality.pretrained.caffemodel import CaffeModelError, read_caffemodel
         try:
             model = read_caffemodel(self.caffemodel)
         except CaffeModelError as e:
@@ -116,7 +116,7 @@ class Release:
 
     def percentile(self, scores):
         """% of the training images whose f_r is below each score; None without a distribution."""
-        from virality.predict import score_distribution_percentile
+        from virality.deploy.predict import score_distribution_percentile
         dist = self.score_distribution
         return None if not dist else score_distribution_percentile(dist, scores)
 
@@ -144,7 +144,7 @@ def default_snapshot(model_name, solver_path=None):
 
 def training_sources(train_val_path):
     """The data a train_val net reads in its TRAIN phase: LMDB sources and Python feed files."""
-    from virality.weights import read_net_param
+    from virality.pretrained.weights import read_net_param
 
     sources = []
     for layer in read_net_param(train_val_path).layer:
@@ -185,7 +185,7 @@ def training_reference(model_name, train_val=None):
     data/<dataset>/<setting>/pairs_train_lmdb, written by make_data beside pairs_train.npy,
     with the dataset's image store at data/<dataset>/images_<size>_lmdb.
     """
-    from virality.nets import get_model
+    from virality.model.nets import get_model
     train_val = Path(train_val or PROTOTXT_DIR / model_name / "train_val.prototxt")
     if not train_val.is_file():
         return None, None
@@ -208,10 +208,10 @@ def score_distribution(net, store_path, pairs_path, spec, limit=DISTRIBUTION_LIM
     """The f_r distribution of the training images (both sides of every training pair).
 
     At most ``limit`` images, evenly spread over the sorted ids (deterministic), are scored with
-    the deploy net as evaluation scores them (centre crop, virality.preprocess).
+    the deploy net as evaluation scores them (centre crop, virality.deploy.preprocess).
     """
-    from virality.imagestore import ImageStore, StoreError
-    from virality.preprocess import chw_to_input, forward_in_batches
+    from virality.data.imagestore import ImageStore, StoreError
+    from virality.deploy.preprocess import chw_to_input, forward_in_batches
     from virality.progress import progress
     pairs_path, store_path = Path(pairs_path), Path(store_path)
     if not pairs_path.is_file():
@@ -261,9 +261,9 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
     pairwise data), recorded in metadata.json and used by tools/predict.py's output.
     ``deploy``, ``train_val``: the nets of a run directory (default: the committed prototxt/<model>/).
     """
-    from virality.architectures import ARCHITECTURES
-    from virality.nets import get_model
-    from virality.weights import WeightsError, build_net, load_weights, read_net_param
+    from virality.model.architectures import ARCHITECTURES
+    from virality.model.nets import get_model
+    from virality.pretrained.weights import WeightsError, build_net, load_weights, read_net_param
 
     stream = stream or sys.stderr
     try:
@@ -295,7 +295,7 @@ def make_release(model_name, snapshot=None, out_dir=None, trained_on=None, force
     input_shape = list(net.blobs["data"].data.shape)
     distribution = None
     if reference is not None and output_blob == "score":
-        from virality.preprocess import InputSpec
+        from virality.deploy.preprocess import InputSpec
         distribution = score_distribution(net, reference[0], reference[1], InputSpec.of_architecture(arch),
                                           distribution_limit, show_progress)
         net.blobs["data"].reshape(*input_shape)
@@ -512,7 +512,7 @@ def _dig(obj, dotted):
 
 def check_deploy(deploy, meta):
     """The deploy net's layer types are allowed ones, and its input is the metadata's shape."""
-    from virality.weights import WeightsError, read_net_param
+    from virality.pretrained.weights import WeightsError, read_net_param
     try:
         net_param = read_net_param(deploy)
     except WeightsError as e:

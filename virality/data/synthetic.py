@@ -232,7 +232,7 @@ def readme_text(config, ceiling):
                       f"Beta{p['colour']} |" for t, p in ATTRIBUTE_PROBS.items())
     return f"""# SYNTHETIC virality world (not real data)
 
-Made by `virality/synthetic.py` (`tools/make_synthetic.py`). Every image and score here is
+Made by `virality/data/synthetic.py` (`tools/make_synthetic.py`). Every image and score here is
 SYNTHETIC: drawn by a seeded program, so that the pipeline can be run and checked end to end.
 Accuracies measured on it say nothing about real image virality.
 

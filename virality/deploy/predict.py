@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from virality.imagestore import ImageProblem, _ordered_map, load_image_bgr, resize_square
-from virality.preprocess import InputSpec, forward_in_batches, to_input
+from virality.data.imagestore import ImageProblem, _ordered_map, load_image_bgr, resize_square
+from virality.deploy.preprocess import InputSpec, forward_in_batches, to_input
 from virality.progress import progress
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".pjpeg", ".pjp", ".png", ".bmp", ".dib", ".gif",
@@ -109,7 +109,7 @@ def collect_images(paths):
 
 def decode_for_net(path, image_size, reduced_decode=True, thumb_size=0):
     """Worker: (path, uint8 BGR image_size x image_size image or None, error or None, thumbnail JPEG or None)."""
-    from virality.gallery import thumbnail_jpeg
+    from virality.report.gallery import thumbnail_jpeg
     try:
         shrink = max(image_size, thumb_size) if reduced_decode else None
         image, _notes = load_image_bgr(path, shrink_to=shrink)
@@ -146,7 +146,7 @@ def predict_files(release, paths, batch_size=32, net=None, workers=None, reduced
     """One Prediction per file and per problem path (in no particular order: see sort_by_score).
 
     Files that cannot be decoded get an error; the others are still scored. With ``thumbs``
-    (a virality.gallery.ThumbFolder) each scored image also gets a thumbnail of ``thumb_size``.
+    (a virality.report.gallery.ThumbFolder) each scored image also gets a thumbnail of ``thumb_size``.
     ``collected``: what ``collect_images(paths)`` returned, when the caller has it already.
     """
     spec = InputSpec.of_release(release.metadata)

@@ -37,8 +37,8 @@ import caffe
 from caffe import layers as L, params as P
 from caffe.proto import caffe_pb2
 
-from virality.architectures import ARCHITECTURES, TowerNamer
-from virality.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
+from virality.model.architectures import ARCHITECTURES, TowerNamer
+from virality.model.ranking import DEFAULT_EPSILON, DEFAULT_LAMBDA
 
 #: Sec. 3: "initial weights were sampled from a gaussian distribution with mean 0 and sigma 0.05".
 NEW_LAYER_FILLER = dict(type="gaussian", std=0.05)
@@ -75,7 +75,7 @@ class DataConfig:
 
     Paths are relative to the project root (Caffe resolves them from the cwd:
     run from the repo root, as the Makefile does), unless ``data_root`` is an
-    absolute directory: a run's nets (virality/runs.py) read ``<data_root>/<dataset>``
+    absolute directory: a run's nets (virality/experiments/runs.py) read ``<data_root>/<dataset>``
     by absolute path, so they work from any working directory.
     """
 

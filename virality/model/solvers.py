@@ -9,13 +9,13 @@ validation accuracy stops improving (the paper's wording).
 
 Caffe's test phase reads the validation set D_val exactly once:
 ``test_iter * test_batch`` = the number of validation records (pairs for ranking
-models, images for Topic-CNNs; virality.splits sizes them), checked here.
+models, images for Topic-CNNs; virality.data.splits sizes them), checked here.
 """
 from dataclasses import dataclass
 
 from caffe.proto import caffe_pb2
 
-from virality.nets import DataConfig, get_model
+from virality.model.nets import DataConfig, get_model
 
 BASE_LR = 0.001       # Sec. 3
 MOMENTUM = 0.9        # Sec. 3
@@ -45,7 +45,7 @@ SCHEDULES = {
     # 64 pairs = 128 images per tower pass (+128 through the frozen topic branch for TPVCNN).
     ("alexnet", "ranking"): Schedule(64, 1, 50, 2000, (50000, 75000, 90000), 100000, 10000, 20, "GPU"),
     # VGG-19 keeps ~16 images of activations + gradients per GB-ish; 8 pairs x 4 = 32 pairs per update,
-    # each update the sum of Eq. 1 over its 32 pairs (loss_weight = iter_size, virality.nets).
+    # each update the sum of Eq. 1 over its 32 pairs (loss_weight = iter_size, virality.model.nets).
     ("vgg19", "ranking"): Schedule(8, 4, 25, 2000, (40000, 60000, 72000), 80000, 10000, 20, "GPU"),
     ("alexnet", "topic"): Schedule(128, 1, 50, 1000, (10000, 15000, 18000), 20000, 5000, 20, "GPU"),
     ("vgg19", "topic"): Schedule(16, 4, 25, 1000, (10000, 15000, 18000), 20000, 5000, 20, "GPU"),
@@ -86,8 +86,8 @@ def default_data_config(model_name, feed=None, **overrides):
 
 def default_val_records(model_name, dataset):
     """Validation records of ``dataset``'s default split that a model's test phase reads:
-    pairs for ranking models, images (two pools' worth) for Topic-CNNs (virality.splits)."""
-    from virality.splits import default_validation
+    pairs for ranking models, images (two pools' worth) for Topic-CNNs (virality.data.splits)."""
+    from virality.data.splits import default_validation
 
     val = default_validation(dataset)
     return 2 * val["images_per_side"] if get_model(model_name).kind == "topic" else val["num_pairs"]

@@ -1,0 +1,1 @@
+"""Using a trained model: releases, deploy-net input, prediction, nearest neighbours."""

@@ -1,0 +1,1 @@
+"""Pretrained weights: Model Zoo manifests, verified downloads, .caffemodel files, loading and proving them."""

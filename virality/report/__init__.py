@@ -1,0 +1,1 @@
+"""What a person reads: HTML pages (gallery, pairs, neighbours) and figures."""
