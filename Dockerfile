@@ -21,7 +21,7 @@ ARG CUDA=1
 ARG CUDA_ARCH_BIN="52 61"
 ARG BLAS=scipy-openblas
 ENV DEBIAN_FRONTEND=noninteractive \
-    CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=toolkit USE_CUDNN=0 BLAS=${BLAS} \
+    CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=toolkit USE_CUDNN=0 USE_NCCL=0 BLAS=${BLAS} \
     XDG_CACHE_HOME=/opt/cache \
     # Ubuntu 22.04's protoc 3.12 generates code the C++-backed protobuf 4.21 runtime refuses.
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
