@@ -132,7 +132,7 @@ if [[ -f "$PREFIX/.complete" ]]; then
 fi
 
 log "building Caffe $CAFFE_VERSION (CUDA=$CUDA, BLAS=$BLAS, python/numpy $py_info)"
-log "cache key $key; this takes about 12 minutes on 2 cores (CPU build with Caffe's test binary)"
+log "cache key $key; a CPU build (with Caffe's test binary) takes about 12 minutes on 2 cores, a CUDA build longer (docs/ENGINE.md)"
 mkdir -p "$CACHE_ROOT/downloads"
 
 # ---- fetch and verify the Debian source package ----

@@ -50,7 +50,7 @@ cuda_cmake_args() {
     [[ "$CUDA_LIBS" == "wheels" ]] || return 0
     wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum "$HERE/cuda_wheels.txt" | cut -c1-12)"
     if [[ ! -f "$wheels/.complete" ]]; then
-        log "installing the CUDA $WHEELS_CUDA_MAJOR wheels pinned in engine/cuda_wheels.txt into $wheels (about 3 GB)"
+        log "installing the CUDA $WHEELS_CUDA_MAJOR wheels pinned in engine/cuda_wheels.txt into $wheels (about 2 GB)"
         rm -rf "$wheels"
         "$PYTHON" -m pip install -q --disable-pip-version-check --target "$wheels" -r "$HERE/cuda_wheels.txt" \
             || die "could not install the wheels pinned in engine/cuda_wheels.txt"
