@@ -9,11 +9,12 @@
 #                --build-arg CUDA=1 --build-arg CUDA_ARCH_BIN="70 75 80 86 89 90" -t virality-caffe:current .
 #   docker run --gpus all -it virality-caffe:titanx make train MODEL=alexnet_pvcnn GPU=0 WEIGHTS=...
 #
-# Why CUDA 11.8 and no cuDNN for the TITAN X image (docs/ENGINE.md, "GPU images"): this Caffe
-# supports cuDNN <= 7, and cuDNN 7 ships only for CUDA <= 10.2 on Ubuntu <= 18.04, whose
-# Python 3.6 cannot run the pinned environment (numpy 1.26, protobuf 4.21). CUDA 11.8 is the
-# newest toolkit that still builds for sm_52/sm_61 without deprecation; Caffe's own CUDA
-# kernels (im2col + cuBLAS GEMM) run every layer.
+# Why CUDA 11.8 for the TITAN X image (docs/ENGINE.md, "GPU images"): it is the newest toolkit
+# that still builds for sm_52/sm_61 without deprecation. Why USE_CUDNN=0 USE_NCCL=0 here, while
+# they are on by default in `make caffe CUDA=1`: the engine takes cuDNN 9 (engine patch 0009) and
+# NCCL from NVIDIA's CUDA 13 wheels (engine/cuda_wheels.txt), and these images build with the
+# CUDA 11.8 / 12.6 toolkits of their base (CUDA_LIBS=toolkit), which hold neither; Caffe's own
+# CUDA kernels (im2col + cuBLAS GEMM) run every layer. cuDNN/NCCL in the images is still to do.
 ARG BASE=nvidia/cuda:11.8.0-devel-ubuntu22.04
 FROM ${BASE}
 
@@ -21,7 +22,7 @@ ARG CUDA=1
 ARG CUDA_ARCH_BIN="52 61"
 ARG BLAS=scipy-openblas
 ENV DEBIAN_FRONTEND=noninteractive \
-    CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=toolkit USE_CUDNN=0 BLAS=${BLAS} \
+    CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=toolkit USE_CUDNN=0 USE_NCCL=0 BLAS=${BLAS} \
     XDG_CACHE_HOME=/opt/cache \
     # Ubuntu 22.04's protoc 3.12 generates code the C++-backed protobuf 4.21 runtime refuses.
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python

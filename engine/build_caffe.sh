@@ -10,11 +10,16 @@
 # Settings (environment, all optional):
 #   CUDA=0|1          CPU_ONLY build (default 0) or a CUDA build.
 #   CUDA_ARCH_BIN     CUDA compute capabilities, e.g. "90" or "52 61" (default "90").
-#   USE_CUDNN=0|1     cuDNN (default 0; this Caffe supports cuDNN <= 7 only).
+#   USE_CUDNN=0|1     CUDA builds: Caffe's cuDNN layers, against cuDNN 9 (default 1;
+#                     engine patch 0009 ports Caffe's cuDNN <= 7 code to cuDNN 8/9).
+#   USE_NCCL=0|1      CUDA builds: Caffe's NCCL support, for tools/train.py --gpus
+#                     (default 1).
 #   CUDA_LIBS=wheels|toolkit
-#                     Where cuBLAS/cuRAND come from: NVIDIA's PyPI wheels
-#                     (default; our machines have nvcc but no CUDA libraries)
-#                     or the CUDA toolkit itself (a CUDA base image).
+#                     Where cuBLAS/cuRAND/cuDNN/NCCL come from: NVIDIA's PyPI wheels
+#                     pinned in engine/cuda_wheels.txt (default; our machines have
+#                     nvcc but no CUDA libraries) or the CUDA toolkit itself (a CUDA
+#                     base image; cuDNN and NCCL where Caffe's CMake finds them).
+#                     The CUDA settings live in engine/cuda_build.sh.
 #   BLAS=scipy-openblas|open|open-openmp|mkl
 #                     BLAS Caffe links: OpenBLAS from the PyPI wheel scipy-openblas32
 #                     (scipy-openblas, the default: a current OpenBLAS that picks its
@@ -49,7 +54,7 @@ while [[ $# -gt 0 ]]; do
         --python) PYTHON="$2"; shift 2 ;;
         --link) LINK="$2"; shift 2 ;;
         --check) CHECK=1; shift ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "build_caffe.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,8 +65,6 @@ PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
 
 CUDA="${CUDA:-0}"
 CUDA_ARCH_BIN="${CUDA_ARCH_BIN:-90}"
-USE_CUDNN="${USE_CUDNN:-0}"
-CUDA_LIBS="${CUDA_LIBS:-wheels}"
 BLAS="${BLAS:-scipy-openblas}"
 JOBS="${JOBS:-$(nproc)}"
 CACHE_ROOT="${CAFFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/virality-caffe}"
@@ -74,19 +77,34 @@ case "$BLAS" in
     *) die "BLAS='$BLAS' is not supported; use BLAS=scipy-openblas (the default), open, open-openmp or mkl (see docs/ENGINE.md)" ;;
 esac
 
+case "$CUDA" in 0|1) ;; *) die "CUDA='$CUDA': use 0 (a CPU build, the default) or 1" ;; esac
+
 # ---- the cache key: sources, patches, this script, flags, toolchain versions ----
 py_info="$("$PYTHON" -c 'import sys, numpy; print(sys.version.split()[0], numpy.__version__)')" \
     || die "'$PYTHON' cannot import numpy; run 'make venv' first"
 py_minor="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 cuda_info="none"
 if [[ "$CUDA" == "1" ]]; then
-    command -v nvcc >/dev/null || die "CUDA=1 but nvcc is not on PATH"
-    cuda_info="$(nvcc --version | tail -1) arch=$CUDA_ARCH_BIN cudnn=$USE_CUDNN libs=$CUDA_LIBS"
+    # shellcheck source=cuda_build.sh
+    source "$HERE/cuda_build.sh"
+    cuda_settings
 fi
+# The patches this build applies: all of them in a CUDA build; a CPU build leaves out those whose
+# header says "Builds: CUDA only" (code under USE_CUDNN or in CMake's CUDA part, which a CPU build
+# never compiles), so they, like engine/cuda_build.sh and engine/cuda_wheels.txt, are not part of
+# a CPU engine's key.
+patches=()
+for patch in "$HERE"/patches/*.patch; do
+    if [[ "$CUDA" != "1" ]] && sed -n '/^\(diff \|--- \)/q;p' "$patch" | grep -qx 'Builds: CUDA only'; then
+        continue
+    fi
+    patches+=("$patch")
+done
 key="$({
     cat "$HERE/SHA256SUMS"
-    cat "$HERE"/patches/*.patch
-    cat "$HERE/build_caffe.sh" "$HERE/cuda_wheels.txt"
+    cat "${patches[@]}"
+    cat "$HERE/build_caffe.sh"
+    if [[ "$CUDA" == "1" ]]; then cat "$HERE/cuda_build.sh" "$HERE/cuda_wheels.txt"; fi
     if [[ "$BLAS" == "mkl" ]]; then cat "$HERE/mkl_requirements.txt"; fi
     if [[ "$BLAS" == "scipy-openblas" ]]; then cat "$HERE/openblas_requirements.txt"; fi
     echo "CUDA=$CUDA BLAS=$BLAS python/numpy=$py_info cuda=$cuda_info"
@@ -114,7 +132,7 @@ if [[ -f "$PREFIX/.complete" ]]; then
 fi
 
 log "building Caffe $CAFFE_VERSION (CUDA=$CUDA, BLAS=$BLAS, python/numpy $py_info)"
-log "cache key $key; this takes about 12 minutes on 2 cores (CPU build with Caffe's test binary)"
+log "cache key $key; a CPU build (with Caffe's test binary) takes about 12 minutes on 2 cores, a CUDA build longer (docs/ENGINE.md)"
 mkdir -p "$CACHE_ROOT/downloads"
 
 # ---- fetch and verify the Debian source package ----
@@ -141,7 +159,7 @@ log "source package verified against engine/SHA256SUMS"
 WORK="$(mktemp -d "$CACHE_ROOT/build-$key.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 dpkg-source --no-check -x "$CACHE_ROOT/downloads/$DSC" "$WORK/src" >/dev/null
-for patch in "$HERE"/patches/*.patch; do
+for patch in "${patches[@]}"; do
     log "applying $(basename "$patch")"
     patch -d "$WORK/src" -p1 --forward --quiet < "$patch"
 done
@@ -154,7 +172,7 @@ cmake_args=(
     -DBUILD_python=ON -DBUILD_python_layer=ON "-Dpython_version=$py_minor"
     -DPYTHON_EXECUTABLE="$PYTHON"
     -DUSE_LMDB=ON -DUSE_LEVELDB=OFF -DUSE_OPENCV=ON
-    -DBUILD_docs=OFF -DBUILD_matlab=OFF -DUSE_NCCL=OFF
+    -DBUILD_docs=OFF -DBUILD_matlab=OFF
     # Every binary, the test binary too (never installed by `make install`), gets
     # the installed RUNPATH at link time: the build tree is deleted afterwards.
     -DCMAKE_BUILD_WITH_INSTALL_RPATH=ON
@@ -215,38 +233,16 @@ case "$BLAS" in
 esac
 
 if [[ "$CUDA" == "1" ]]; then
-    cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX=)
-    if [[ "$USE_CUDNN" == "1" ]]; then cmake_args+=(-DUSE_CUDNN=ON); else cmake_args+=(-DUSE_CUDNN=OFF); fi
-    if [[ "$CUDA_LIBS" == "wheels" ]]; then
-        # cuBLAS and cuRAND from NVIDIA's PyPI wheels (pinned in cuda_wheels.txt).
-        wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum "$HERE/cuda_wheels.txt" | cut -c1-12)"
-        log "installing cuBLAS/cuRAND wheels into $wheels"
-        if [[ ! -f "$wheels/.complete" ]]; then
-            rm -rf "$wheels"
-            "$PYTHON" -m pip install -q --target "$wheels" -r "$HERE/cuda_wheels.txt"
-            touch "$wheels/.complete"
-        fi
-        inc="$(ls -d "$wheels"/nvidia/cu*/include | head -1)"
-        lib="$(ls -d "$wheels"/nvidia/cu*/lib | head -1)"
-        cublas="$(ls "$lib"/libcublas.so* | head -1)"
-        curand="$(ls "$lib"/libcurand.so* | head -1)"
-        [[ -f "$cublas" && -f "$curand" ]] || die "cuBLAS/cuRAND libraries not found under $lib"
-        cmake_args+=(
-            "-DCUDA_CUBLAS_LIBRARIES=$cublas" "-DCUDA_cublas_LIBRARY=$cublas"
-            "-DCUDA_curand_LIBRARY=$curand"
-            "-DCMAKE_CXX_FLAGS=-isystem $inc"
-            "-DCUDA_NVCC_FLAGS=-isystem;$inc"
-            "-DCMAKE_INSTALL_RPATH=$PREFIX/lib;$lib"
-        )
-    fi
+    cuda_cmake_args
 else
-    cmake_args+=(-DCPU_ONLY=ON)
+    cmake_args+=(-DCPU_ONLY=ON -DUSE_NCCL=OFF)
 fi
 
 mkdir -p "$WORK/build"
 log "configuring"
 (cd "$WORK/build" && cmake "${cmake_args[@]}" ../src > cmake.log 2>&1) \
     || { tail -40 "$WORK/build/cmake.log" >&2; die "cmake failed (log above)"; }
+if [[ "$CUDA" == "1" ]]; then cuda_check_config "$WORK/build/cmake.log"; fi
 
 # ---- build and install ----
 log "compiling with $JOBS jobs (log: quiet unless it fails)"
@@ -272,8 +268,10 @@ cp -r "$WORK/src/examples/images" "$PREFIX/test/examples/"
     echo "cuda=$CUDA blas=$BLAS"
     echo "python_numpy=$py_info"
     echo "cuda_info=$cuda_info"
+    if [[ "$CUDA" == "1" ]]; then cuda_build_info; fi
     echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 } > "$PREFIX/build-info.txt"
+if [[ "$CUDA" == "1" ]]; then cuda_check_engine; fi
 touch "$PREFIX/.complete"
 log "installed into $PREFIX"
 link_engine

@@ -114,6 +114,57 @@ def test_cache_key_covers_patches_and_flags(root, tmp_path):
     assert rc4 != 0 and "not supported" in log4
 
 
+def _fake_nvcc(bin_dir, release):
+    """An `nvcc` that only answers --version (all that `build_caffe.sh --check` asks of it)."""
+    bin_dir.mkdir(exist_ok=True)
+    nvcc = bin_dir / "nvcc"
+    nvcc.write_text("#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n"
+                    f"echo 'Cuda compilation tools, release {release}, V{release}.88'\n"
+                    f"echo 'Build cuda_{release}.r{release}/compiler.0_0'\n")
+    nvcc.chmod(0o755)
+
+
+def test_cuda_only_inputs_change_cuda_keys_and_leave_the_cpu_key_alone(root, tmp_path):
+    """engine/cuda_build.sh, engine/cuda_wheels.txt and the patches marked "Builds: CUDA only" (0009,
+    cuDNN 8/9) are inputs of CUDA builds alone: editing one gives every CUDA build a new key and leaves
+    a CPU engine's key as it was (a CPU rebuild costs 12 minutes of two cores). USE_CUDNN and USE_NCCL
+    are part of a CUDA key; a bad value of either, or wheels for another CUDA than nvcc's, stop at once."""
+    import os
+    import shutil
+    engine = tmp_path / "engine"
+    shutil.copytree(root / "engine", engine)
+    _fake_nvcc(tmp_path / "bin13", "13.0")
+    cuda = {"CUDA": "1", "PATH": f"{tmp_path / 'bin13'}:{os.environ['PATH']}"}
+
+    def key(env=None):
+        rc, log = _check(engine, root, env)
+        assert "engine-" in log, log
+        return log.split("engine-")[1][:16]
+
+    cuda_only = [p for p in sorted((engine / "patches").glob("*.patch"))
+                 if "\nBuilds: CUDA only\n" in p.read_text().split("\ndiff ")[0]]
+    assert [p.name for p in cuda_only] == ["0009-cudnn-8-9.patch", "0010-cuda-13-test-platform.patch"]
+    cpu_key, cuda_key = key(), key(cuda)
+    seen = {cpu_key, cuda_key}
+    for path in [engine / "cuda_build.sh", engine / "cuda_wheels.txt", *cuda_only]:
+        text = path.read_text()
+        path.write_text(text + "\n")
+        assert key() == cpu_key, f"editing {path.name} changed the CPU key"
+        edited = key(cuda)
+        assert edited not in seen, f"editing {path.name} left a CUDA key as it was"
+        seen.add(edited)
+        path.write_text(text)
+    assert key(cuda) == cuda_key
+    for setting in ({"USE_CUDNN": "0"}, {"USE_NCCL": "0"}):
+        assert key({**cuda, **setting}) not in seen, setting
+        assert key(setting) == cpu_key, f"{setting} changed the CPU key"
+    rc, log = _check(engine, root, {**cuda, "USE_CUDNN": "yes"})
+    assert rc != 0 and "USE_CUDNN='yes'" in log, log
+    _fake_nvcc(tmp_path / "bin12", "12.6")
+    rc, log = _check(engine, root, {"CUDA": "1", "PATH": f"{tmp_path / 'bin12'}:{os.environ['PATH']}"})
+    assert rc != 0 and "cuda_wheels.txt pins NVIDIA's CUDA 13 wheels but nvcc is CUDA 12.6" in log, log
+
+
 # ---- Caffe's command line shows Python errors (engine patch 0007) ----
 
 # A Python layer that raises in the call its param_str names.
