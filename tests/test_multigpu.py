@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from virality.train import multigpu
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 B = 8
@@ -115,3 +117,31 @@ def test_gpus_option_is_checked_before_anything_runs(work, tmp_path):
     r = subprocess.run(base + ["--gpus", "0,1"], capture_output=True, text=True)   # the CPU engine has no NCCL
     assert r.returncode == 2 and "needs an engine built with NCCL" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _fake_caffe(tmp_path, script):
+    caffe = tmp_path / "caffe"
+    caffe.write_text("#!/bin/sh\n" + script)
+    caffe.chmod(0o755)
+    return caffe
+
+
+def test_check_gpus_names_the_gpu_and_caffes_reason(tmp_path):
+    # What a CUDA engine's device_query prints on a machine whose driver is too old (seen on our machines).
+    caffe = _fake_caffe(tmp_path, 'echo "I1201 device_query.cpp] Querying GPUs $3" >&2\n'
+                                  'echo "F1201 common.cpp:152] Check failed: error == cudaSuccess (35 vs. 0)  '
+                                  'CUDA driver version is insufficient for CUDA runtime version" >&2\n'
+                                  'kill -ABRT $$\n')
+    with pytest.raises(multigpu.MultiGpuError) as err:
+        multigpu.check_gpus([0, 1], caffe=caffe)
+    msg = str(err.value)
+    assert msg.startswith("GPU 0 is not usable here") and "CUDA driver version is insufficient" in msg
+
+
+def test_check_gpus_asks_about_every_gpu(tmp_path):
+    log = tmp_path / "asked"
+    caffe = _fake_caffe(tmp_path, f'echo "$@" >> {log}\n[ "$3" != 2 ] || {{ echo "no device 2" >&2; exit 1; }}\n')
+    multigpu.check_gpus([0, 1], caffe=caffe)
+    assert log.read_text().split("\n")[:2] == ["device_query -gpu 0", "device_query -gpu 1"]
+    with pytest.raises(multigpu.MultiGpuError, match="GPU 2 is not usable here.*no device 2"):
+        multigpu.check_gpus([0, 2], caffe=caffe)

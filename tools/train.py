@@ -77,7 +77,7 @@ def main(argv=None):
         print(f"train: solver {solver} not found (see `make nets`)", file=sys.stderr)
         return 2
     out = (args.out or workdir / "models" / args.model).resolve()
-    from virality.train.multigpu import Leader, MultiGpuError, engine_has_nccl, parse_gpus
+    from virality.train.multigpu import Leader, MultiGpuError, check_gpus, engine_has_nccl, parse_gpus
     gpus = None
     if args.gpus is not None:
         try:
@@ -91,6 +91,11 @@ def main(argv=None):
         if not engine_has_nccl():
             print("train: error: --gpus needs an engine built with NCCL: `make caffe CUDA=1` "
                   "(USE_NCCL=1 is its default; docs/GPU.md)", file=sys.stderr)
+            return 2
+        try:
+            check_gpus(gpus)
+        except MultiGpuError as err:
+            print(f"train: error: {err}", file=sys.stderr)
             return 2
         args.gpu = gpus[0]
     from virality.console import caffe_logging, config_lines

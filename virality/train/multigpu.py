@@ -66,6 +66,31 @@ def engine_has_nccl():
     return any(b"libnccl.so" in f.read_bytes() for f in lib.glob("libcaffe.so*") if f.is_file())
 
 
+def check_gpus(gpus, caffe=None, timeout=60):
+    """Ask Caffe's own ``device_query`` about every GPU first, in a child process each.
+
+    Without it a machine with no usable GPU (no device, no driver, a driver older than the
+    engine's CUDA runtime) aborts the training process at CUDA's first call (a glog CHECK,
+    SIGABRT) instead of saying why. Raises MultiGpuError naming the GPU and Caffe's reason."""
+    import subprocess
+    from virality.paths import ROOT
+    caffe = str(caffe or ROOT / ".venv" / "bin" / "caffe")
+    for gpu in gpus:
+        try:
+            r = subprocess.run([caffe, "device_query", "-gpu", str(gpu)], capture_output=True, text=True,
+                               timeout=timeout)
+        except OSError as err:
+            raise MultiGpuError(f"cannot run {caffe} device_query to check GPU {gpu}: {err} (make env)") from None
+        except subprocess.TimeoutExpired:
+            raise MultiGpuError(f"GPU {gpu}: `caffe device_query -gpu {gpu}` did not answer in {timeout} s") from None
+        if r.returncode != 0:
+            lines = [l.strip() for l in (r.stderr + r.stdout).splitlines() if l.strip()]
+            reason = next((l for l in reversed(lines) if "Check failed" in l or "error" in l.lower()),
+                          lines[-1] if lines else f"exit status {r.returncode}")
+            raise MultiGpuError(f"GPU {gpu} is not usable here (`caffe device_query -gpu {gpu}` exited "
+                                f"{r.returncode}): {reason}")
+
+
 # -- the CPU stand-in for NCCL -------------------------------------------------------------------
 class CpuAllReduce:
     """NCCL's two operations for CPU-mode ranks: broadcast rank 0's weights, average the gradients."""
