@@ -1,5 +1,6 @@
 """tools/mutants.py generates one-line mutants: exactly one line differs, strings and docstrings stay."""
 import importlib.util
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,112 @@ def test_each_mutant_changes_exactly_one_line():
         "return a",
     }
     assert not any("Docstring" in m.after or "left alone" in m.after for m, _ in generated)
+
+
+# ------------------------------------------------------------------ per-mutant test selection
+
+def test_select_tests_runs_what_saw_the_line_and_falls_back_to_everything():
+    cov = mutants.Coverage(order=["t1", "t2", "t3", "t4"],
+                           lines={"t1": {10, 11}, "t2": {11, 20}, "t3": set(), "t4": {30}},
+                           outside={1, 2}, opaque={"t3"})
+    assert mutants.select_tests(cov, {20}) == ["t2", "t3"]            # opaque t3 always runs, run order kept
+    assert mutants.select_tests(cov, {11}) == ["t1", "t2", "t3"]
+    assert mutants.select_tests(cov, {30, 31}) == ["t3", "t4"]        # any line of the statement counts
+    assert mutants.select_tests(cov, {2}) is None                     # run at import: every test
+    assert mutants.select_tests(cov, {11, 2}) is None
+    assert mutants.select_tests(cov, {40}) is None                    # no in-process test: every test
+
+
+def test_statement_lines_cover_a_whole_simple_statement_and_a_compound_header():
+    source = "x = f(1,\n      2)\nif (x and\n        y):\n    z = 3\n"
+    lines = mutants.statement_lines(source)
+    assert lines[1] == lines[2] == {1, 2}
+    assert lines[3] == lines[4] == {3, 4}                              # the header, not the body
+    assert lines[5] == {5}
+
+
+TARGET = '''import os
+
+
+def in_process():
+    return 1
+
+
+def in_child():
+    return 2
+
+
+def in_fixture():
+    return 3
+
+
+def in_fork():
+    return 4
+
+
+def untraced():
+    return 5
+'''
+
+TESTS = '''import multiprocessing as mp
+import os
+import subprocess
+import sys
+
+import pytest
+
+import target
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return target.in_fixture()
+
+
+def test_a():
+    assert target.in_process() == 1
+
+
+def test_b():
+    subprocess.run([sys.executable, "-c", "import target; target.in_child()"], check=True)
+
+
+def test_c(shared):
+    assert shared == 3
+
+
+def test_d(shared):
+    assert shared == 3
+
+
+def test_e():
+    p = mp.get_context("fork").Process(target=target.in_fork)
+    p.start()
+    p.join()
+    assert p.exitcode == 0
+
+
+def test_f():
+    subprocess.run([sys.executable, "-c", "pass"], env={"PATH": os.environ["PATH"]}, check=True)
+'''
+
+
+def test_recording_follows_fixtures_subprocesses_and_forks(tmp_path):
+    (tmp_path / "target.py").write_text(TARGET)
+    (tmp_path / "test_m.py").write_text(TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    os.symlink(ROOT / ".venv", tmp_path / ".venv")
+    coverage, _ = mutants.record_coverage(tmp_path, "target.py", ["test_m.py"], timeout=300)
+    assert coverage is not None, "the traced run of the toy tests failed"
+    ids = [f"test_m.py::test_{c}" for c in "abcdef"]
+    assert coverage.order == ids
+    body = {name: TARGET.splitlines().index(f"def {name}():") + 2 for name in
+            ("in_process", "in_child", "in_fixture", "in_fork", "untraced")}   # 1-based line of each return
+    assert {t for t in ids if body["in_process"] in coverage.lines[t]} == {ids[0]}
+    assert {t for t in ids if body["in_child"] in coverage.lines[t]} == {ids[1]}     # a Python subprocess
+    assert {t for t in ids if body["in_fixture"] in coverage.lines[t]} == {ids[2], ids[3]}  # set up once, used twice
+    assert {t for t in ids if body["in_fork"] in coverage.lines[t]} == {ids[4]}      # a forked child
+    assert not any(body["untraced"] in lines for lines in coverage.lines.values())
+    assert coverage.opaque == {ids[5]}           # its child's environment dropped the recorder
+    assert 1 in coverage.outside                 # the import ran during collection
+    assert mutants.select_tests(coverage, {body["in_fixture"]}) == [ids[2], ids[3], ids[5]]

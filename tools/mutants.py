@@ -7,9 +7,13 @@
 
 Each mutant is one AST node changed on one line (operators, comparisons, boolean operators,
 constants, a call statement replaced by ``pass``; strings and docstrings are left alone). For
-each mutant the module's own test selection (TARGETS: the test files that exercise it, fast
-ones) runs in a private copy of the work tree with ``pytest -x``; a failure or a timeout
-catches the mutant. Mutants listed in EQUIVALENT (no observable change, with the reason) are
+each mutant, tests of the module's own selection (TARGETS: the test files that exercise it, fast
+ones) run in a private copy of the work tree with ``pytest -x``; a failure or a timeout catches
+the mutant. Which tests: one traced run of the selection per module (tools/mutants_trace.py, in
+every Python process it starts) records the lines each test executes; a mutant runs the tests
+that executed its statement plus any test that started a process the recorder could not follow,
+and the whole selection when its line ran outside any test (imports) or in no traced test
+(``--no-select``: always the whole selection). Mutants listed in EQUIVALENT (no observable change, with the reason) are
 reported apart and left out of the score.
 
 Writes mutants/report.md (per-module score, survivors with their line) and mutants/report.json;
@@ -200,6 +204,7 @@ class Mutant:
     kind: str
     status: str = ""    # caught, survived, timeout, equivalent, error
     seconds: float = 0.0
+    tests: int = 0      # how many tests ran for it (0: the module's whole selection, TARGETS)
 
 
 # ------------------------------------------------------------------ generating mutants
@@ -321,9 +326,10 @@ def make_copy(base):
     return base
 
 
-def run_tests(copy, args, timeout):
+def run_tests(copy, args, timeout, extra_path=(), extra_env=None):
     """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=str(copy), GLOG_minloglevel="2", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), *map(str, extra_path)]), GLOG_minloglevel="2",
+               PYTHONDONTWRITEBYTECODE="1", **(extra_env or {}))
     cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
            f"--basetemp={copy}/.pytest_tmp", *args]
     start = time.time()
@@ -337,17 +343,114 @@ def run_tests(copy, args, timeout):
     return status, time.time() - start
 
 
+# ------------------------------------------------------------------ which tests can see a line
+
+@dataclass
+class Coverage:
+    """What one traced run of a module's selection executed (tools/mutants_trace.py records it)."""
+    order: list         # node ids, in run order
+    lines: dict         # node id -> set of lines it executed (its fixtures' lines included)
+    outside: set        # lines run outside any test (imports, collection, session end)
+    opaque: set         # node ids that started a process the recorder could not follow
+
+
+def read_coverage(out):
+    """Coverage from a recording directory: session.json and the lines-<pid>.txt of every process."""
+    session = json.loads((out / "session.json").read_text())
+    by_ctx = {}
+    for path in sorted(out.glob("lines-*.txt")):
+        for row in path.read_text().splitlines():
+            ctx, _, line = row.rpartition("\t")
+            if ctx:                                     # a row cut short by a killed process is skipped
+                by_ctx.setdefault(ctx, set()).add(int(line))
+    lines, opaque = {}, set()
+    for test in session["order"]:
+        ctxs = [test, *session["fixtures"].get(test, [])]
+        lines[test] = set().union(*(by_ctx.get(c, set()) for c in ctxs))
+        if any(c in session["opaque"] for c in ctxs):
+            opaque.add(test)
+    return Coverage(session["order"], lines, by_ctx.get("<outside>", set()), opaque)
+
+
+def statement_lines(source):
+    """line -> the lines of the statements whose code that line belongs to: all lines of a simple
+    statement, the header lines of a compound one (``if``/``for``/``def`` ... up to its body). A
+    node of a multi-line statement may run under another of the statement's lines."""
+    out = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = [getattr(node, f) for f in ("body", "handlers", "orelse", "finalbody", "cases")
+                if isinstance(getattr(node, f, None), list) and getattr(node, f)]
+        last = min(b[0].lineno for b in body) - 1 if body else node.end_lineno
+        span = set(range(node.lineno, max(node.lineno, last) + 1))
+        for line in span:
+            out.setdefault(line, set()).update(span)
+    return out
+
+
+def select_tests(coverage, lines):
+    """The node ids to run for a mutant on ``lines`` (run order), or None for the whole selection:
+    every test that executed one of the lines, and every opaque test; None when a line ran outside
+    any test or when no test executed any of them (it may run only where nothing was traced)."""
+    if lines & coverage.outside:
+        return None
+    seeing = [t for t in coverage.order if coverage.lines[t] & lines]
+    if not seeing:
+        return None
+    chosen = set(seeing) | coverage.opaque
+    return [t for t in coverage.order if t in chosen]
+
+
+_SITECUSTOMIZE = """# Written by tools/mutants.py for one recording run: trace the target module in every process.
+import importlib.machinery, os, sys
+import mutants_trace
+mutants_trace.start_from_env()
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(        # the sitecustomize this one shadows, if any
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here])
+if _spec is not None and _spec.loader is not None:
+    _spec.loader.exec_module(type(sys)("_shadowed_sitecustomize"))
+"""
+
+
+def record_coverage(copy, module, args, timeout):
+    """(Coverage or None when the tests fail, seconds): the module's selection run once, traced."""
+    site = copy / ".mutants_trace" / "site"
+    out = copy / ".mutants_trace" / module.replace("/", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    site.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
+    shutil.copy2(ROOT / "tools/mutants_trace.py", site / "mutants_trace.py")
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = {"MUTANTS_TRACE_FILE": str(copy / module), "MUTANTS_TRACE_OUT": str(out)}
+    status, seconds = run_tests(copy, ["-p", "mutants_trace", *args], timeout, extra_path=[site], extra_env=env)
+    if status != "survived":
+        return None, seconds
+    coverage = read_coverage(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return coverage, seconds
+
+
+def mutant_args(module, mutant, coverage, stmt_lines):
+    """pytest arguments for one mutant: the tests that can see its line, else the module's selection."""
+    if coverage is None:
+        return TARGETS[module]
+    chosen = select_tests(coverage, stmt_lines.get(mutant.line, {mutant.line}))
+    return TARGETS[module] if chosen is None else chosen
+
+
 def _worker(copy, jobs, results, timeouts, progress, partial):
     while True:
         try:
-            mutant, mutated = jobs.get_nowait()
+            mutant, mutated, args = jobs.get_nowait()
         except queue.Empty:
             return
         path = copy / mutant.module
         original = path.read_text()
         try:
             path.write_text(mutated)
-            mutant.status, mutant.seconds = run_tests(copy, TARGETS[mutant.module], timeouts[mutant.module])
+            mutant.status, mutant.seconds = run_tests(copy, args, timeouts[mutant.module])
         finally:
             path.write_text(original)
         results.append(mutant)
@@ -356,29 +459,46 @@ def _worker(copy, jobs, results, timeouts, progress, partial):
 
 
 def score_table(mutants, modules):
-    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score | tests per mutant (median) "
+            "| test time (summed) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for module in modules:
         ms = [m for m in mutants if m.module == module]
         caught = sum(m.status in ("caught", "timeout") for m in ms)
         survived = sum(m.status in ("survived", "error") for m in ms)
         equivalent = sum(m.status == "equivalent" for m in ms)
         score = f"{100 * caught / (caught + survived):.1f}%" if caught + survived else "n/a"
-        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} |")
+        ran = sorted(m.tests for m in ms if m.status != "equivalent" and m.seconds)
+        subset = [t for t in ran if t]
+        per = (f"{subset[len(subset) // 2]} ({len(ran) - len(subset)} ran all)" if subset else
+               ("all" if ran else ""))
+        seconds = sum(m.seconds for m in ms)
+        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} | {per} "
+                    f"| {seconds / 60:.1f} min |")
     return "\n".join(rows)
 
 
-def write_docs(table, seconds, jobs):
+def machine():
+    """The CPU in words ("AMD EPYC family 26 model 2, 2 cores"), for the measurements."""
+    info = {}
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = row.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = info.get("model name", "unknown CPU")
+    return f"{name} family {info.get('cpu family', '?')} model {info.get('model', '?')}, {os.cpu_count()} cores"
+
+
+def write_docs(table, note):
     doc = ROOT / "docs/TESTING.md"
     text = doc.read_text()
     start, end = "<!-- mutants:begin -->", "<!-- mutants:end -->"
     if start not in text or end not in text:
         raise SystemExit(f"mutants: {doc} lacks the markers {start} / {end}")
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    body = (f"{start}\n{table}\n\nMeasured {stamp} by `make mutants` ({jobs} worker(s), "
-            f"{seconds / 60:.1f} min wall time).\n{end}")
     head, rest = text.split(start, 1)
-    write_text_atomic(doc, head + body + rest.split(end, 1)[1])
+    write_text_atomic(doc, head + f"{start}\n{table}\n\n{note}\n{end}" + rest.split(end, 1)[1])
 
 
 def main(argv=None):
@@ -393,18 +513,33 @@ def main(argv=None):
                    help="run a seeded random sample of N mutants per module (the report says so)")
     p.add_argument("--retry", type=Path, metavar="REPORT_JSON",
                    help="run again only what an earlier run did not catch (and new mutants); keep its catches")
-    p.add_argument("--rescore", type=Path, metavar="REPORT_JSON",
-                   help="recompute the report of an earlier run with the current EQUIVALENT list; run nothing")
+    p.add_argument("--no-select", action="store_true",
+                   help="run the module's whole selection for every mutant (no traced run, no per-line choice)")
+    p.add_argument("--rescore", type=Path, nargs="+", metavar="REPORT_JSON",
+                   help="recompute the report of earlier runs (merged, in order; a later file's entry for a "
+                        "mutant wins) with the current EQUIVALENT list; run nothing")
+    p.add_argument("--docs-note", metavar="TEXT",
+                   help="with --write-docs: the text under the table (default: date, machine, workers, wall time, "
+                        "load of this run)")
     args = p.parse_args(argv)
     # SIGTERM ends the run like Ctrl-C: the copies are removed and the running pytest is killed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.rescore:
-        results = [Mutant(**m) for m in json.loads(args.rescore.read_text())]
+        merged = {}
+        for path in args.rescore:
+            for m in json.loads(path.read_text()):
+                merged[(m["module"], m["line"], m["before"], m["after"])] = Mutant(**m)
+        results = list(merged.values())
         for m in results:
             if (m.module, m.before, m.after) in EQUIVALENT:
                 m.status = "equivalent"
         modules = list(dict.fromkeys(m.module for m in results))
-        write_report(results, modules, args.out, seconds=None, jobs=None, note=f"rescored from {args.rescore}")
+        table = write_report(results, modules, args.out, seconds=None, jobs=None,
+                             note="rescored from " + ", ".join(map(str, args.rescore)))
+        if args.write_docs:
+            write_docs(table, args.docs_note or f"Rescored {time.strftime('%Y-%m-%d', time.gmtime())} from "
+                       "earlier runs (no wall time recorded).")
+            print("mutants: docs/TESTING.md updated")
         return 0
 
     modules = args.modules if args.list in (None, "all") else [args.list]
@@ -423,23 +558,30 @@ def main(argv=None):
         return 0
     print(f"mutants: {sum(len(g) for g in generated.values())} mutants in {len(modules)} modules, "
           f"{args.jobs} worker(s); tests per module: TARGETS in {Path(__file__).name}", flush=True)
-    start = time.time()
+    start, load_start = time.time(), os.getloadavg()[1]
     with tempfile.TemporaryDirectory(prefix="virality-mutants-") as tmp:
         copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
-        timeouts = {}
+        timeouts, coverage = {}, {}
         for m in modules:          # the unmutated tests must pass; their time sets the timeout
-            status, seconds = run_tests(copies[0], TARGETS[m], timeout=1800)
+            if args.no_select:
+                cov, (status, seconds) = None, run_tests(copies[0], TARGETS[m], timeout=1800)
+            else:                  # one traced run: which tests execute each line of m
+                cov, seconds = record_coverage(copies[0], m, TARGETS[m], timeout=3600)
+                status = "survived" if cov is not None else "caught"
             if status != "survived":
                 print(f"mutants: the tests of {m} fail without any mutant ({' '.join(TARGETS[m])}); fix them first",
                       file=sys.stderr)
                 return 2
-            timeouts[m] = max(60.0, 3 * seconds)
-            print(f"  baseline {m}: {seconds:.1f} s", flush=True)
+            timeouts[m], coverage[m] = max(60.0, 3 * seconds), cov
+            how = "" if cov is None else (f", traced: {len(cov.order)} tests, {len(cov.opaque)} opaque, "
+                                          f"{len(cov.outside)} lines run outside tests")
+            print(f"  baseline {m}: {seconds:.1f} s{how}", flush=True)
         jobs, results = queue.Queue(), []
         earlier = {}
         if args.retry:
             earlier = {(m["module"], m["before"], m["after"]): m for m in json.loads(args.retry.read_text())}
         for m in modules:
+            stmt_lines = statement_lines((ROOT / m).read_text())
             for mutant, mutated in generated[m]:
                 key = (mutant.module, mutant.before, mutant.after)
                 if key in EQUIVALENT:
@@ -449,7 +591,9 @@ def main(argv=None):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
                     results.append(mutant)
                 else:
-                    jobs.put((mutant, mutated))
+                    chosen = mutant_args(m, mutant, coverage[m], stmt_lines)
+                    mutant.tests = 0 if chosen is TARGETS[m] else len(chosen)
+                    jobs.put((mutant, mutated, chosen))
         total, lock, already = jobs.qsize(), threading.Lock(), len(results)
 
         def progress(mutant):
@@ -473,10 +617,18 @@ def main(argv=None):
         for t in threads:
             t.join()
     seconds = time.time() - start
-    note = ("sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())) if sampled else ""
+    notes = ["sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())] if sampled else []
+    notes += [f"{m}: per-line selection from a traced run of {len(c.order)} tests ({len(c.opaque)} opaque, "
+              f"run for every mutant)" if c else f"{m}: the whole selection for every mutant"
+              for m, c in coverage.items()]
+    note = "\n".join(notes)
     table = write_report(results, modules, args.out, seconds, args.jobs, note)
     if args.write_docs:
-        write_docs(table, seconds, args.jobs)
+        load = " / ".join(f"{x:.1f}" for x in (load_start, os.getloadavg()[1]))
+        write_docs(table, args.docs_note or
+                   f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {machine()} by `tools/mutants.py` "
+                   f"({args.jobs} worker(s), {seconds / 60:.1f} min wall time, 5-min load average {load} "
+                   f"at start / end).")
         print("mutants: docs/TESTING.md updated")
     return 0
 
