@@ -20,7 +20,7 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from virality.generated import generate
-from virality.training import (NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
+from virality.training import (CsvLog, NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
                                read_solver, resolve_net_path, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -406,3 +406,15 @@ def test_the_seed_makes_initialisation_reproducible(lmdb_work, tmp_path, monkeyp
         weights[name] = params_of(deploy, tmp_path / name / "tiny_pvcnn_iter_1.caffemodel")[("conv1", 0)]
     np.testing.assert_array_equal(weights["a"], weights["b"])
     assert not np.array_equal(weights["a"], weights["c"])
+
+
+def test_each_csv_log_row_is_on_disk_before_the_log_is_closed(tmp_path):
+    """A killed run keeps the rows it logged: each one is flushed when written."""
+    path = tmp_path / "train_log.csv"
+    log = CsvLog(path, append=False)
+    log.write(iteration=2, loss=0.5, lr=0.01)
+    try:
+        assert path.read_text().splitlines() == ["iteration,loss,train_accuracy,val_accuracy,lr,pairs_per_s,elapsed_s",
+                                                 "2,0.5,,,0.01,,"]
+    finally:
+        log.close()
