@@ -166,3 +166,16 @@ def test_check_pairs_reports_unbalanced_labels_and_pools():
         check_pairs(np.array([(0, 3, 1), (4, 1, -1), (5, 2, -1), (3, 2, -1)], np.int32), s)
     with pytest.raises(ValueError, match="disagrees with the pools"):
         check_pairs(np.array([(0, 1, 1), (4, 2, -1)], np.int32), s)      # (0, 1): two viral images
+
+
+@pytest.mark.parametrize("draws", ["_distinct_draws_mask", "_distinct_draws_sorted"])
+def test_distinct_draws_are_free_keys_of_the_space_only(draws):
+    """Keys 0..9 with 0, 3 and 7 excluded leave the 7 free keys {1, 2, 4, 5, 6, 8, 9}: every draw is
+    sorted, distinct, at least n of them, and all free (never an excluded key nor one outside 0..9)."""
+    free = {1, 2, 4, 5, 6, 8, 9}
+    excluded = np.array([0, 3, 7], np.int64)
+    for seed in range(20):
+        for n in (1, 4, 7):
+            have = getattr(pairs_mod, draws)(np.random.default_rng(seed), 10, excluded, n)
+            assert have.size >= n and np.all(np.diff(have) > 0)
+            assert set(have.tolist()) <= free, (seed, n, have)
