@@ -147,3 +147,30 @@ def test_recording_follows_fixtures_subprocesses_and_forks(tmp_path):
     assert coverage.opaque == {ids[5]}           # its child's environment dropped the recorder
     assert 1 in coverage.outside                 # the import ran during collection
     assert mutants.select_tests(coverage, {body["in_fixture"]}) == [ids[2], ids[3], ids[5]]
+    assert set(coverage.seconds) == set(ids) and coverage.startup > 0
+
+
+def test_a_subset_gets_three_times_its_traced_time_with_start_up():
+    cov = mutants.Coverage(order=["t1", "t2"], lines={}, outside=set(), opaque=set(),
+                           seconds={"t1": 10.0, "t2": 30.0}, startup=5.0)
+    assert cov.timeout(["t2"]) == 3 * (5 + 30)
+    assert cov.timeout(["t1", "t2"]) == 3 * (5 + 10 + 30)
+    assert cov.timeout(["t1"], floor=60) == 60
+
+
+def test_only_function_bodies_may_run_a_subset():
+    source = "X = 1\n\n\nclass C:\n    y = 2\n\n    def f(self, z=3):\n        return z\n\n\ng = lambda: 4\n"
+    assert mutants.function_body_lines(source) == {8}       # not the lambda's line: it is module level too
+
+
+def test_a_module_level_line_run_inside_a_test_still_runs_the_whole_selection():
+    """A module imported lazily runs its top level inside the first test that imports it: that test
+    alone must not decide a mutant of a constant every later test reads."""
+    source = "LIMIT = 3\n\n\ndef f():\n    return LIMIT\n"
+    cov = mutants.Coverage(order=["t1", "t2"], lines={"t1": {1, 5}, "t2": {5}}, outside=set(), opaque=set(),
+                           seconds={}, startup=0.0)
+    stmt, body = mutants.statement_lines(source), mutants.function_body_lines(source)
+    top = mutants.Mutant("virality/metrics.py", 1, "LIMIT = 3", "LIMIT = 4", "constant")
+    inner = mutants.Mutant("virality/metrics.py", 5, "return LIMIT", "return -LIMIT", "unary")
+    assert mutants.mutant_args("virality/metrics.py", top, cov, stmt, body) is mutants.TARGETS["virality/metrics.py"]
+    assert mutants.mutant_args("virality/metrics.py", inner, cov, stmt, body) == ["t1", "t2"]

@@ -326,8 +326,9 @@ def make_copy(base):
     return base
 
 
-def run_tests(copy, args, timeout, extra_path=(), extra_env=None):
-    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH)."""
+def run_tests(copy, args, timeout, extra_path=(), extra_env=None, output=None):
+    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH).
+    ``output``, a list, receives the end of pytest's output."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), *map(str, extra_path)]), GLOG_minloglevel="2",
                PYTHONDONTWRITEBYTECODE="1", **(extra_env or {}))
     cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
@@ -337,6 +338,8 @@ def run_tests(copy, args, timeout, extra_path=(), extra_env=None):
         res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.time() - start
+    if output is not None:
+        output.append((res.stdout + res.stderr)[-3000:])
     # 0 passed; 4 usage error and 5 no tests selected are errors of TARGETS; anything else (1 failed,
     # 2 interrupted, 3 internal error, < 0 Caffe aborted or crashed) means the tests noticed.
     status = {0: "survived", 4: "error", 5: "error"}.get(res.returncode, "caught")
@@ -352,6 +355,13 @@ class Coverage:
     lines: dict         # node id -> set of lines it executed (its fixtures' lines included)
     outside: set        # lines run outside any test (imports, collection, session end)
     opaque: set         # node ids that started a process the recorder could not follow
+    seconds: dict = None   # node id -> seconds of the test, traced (its fixtures' setup included)
+    startup: float = 0.0   # seconds of the traced run outside any test (start-up, collection)
+
+    def timeout(self, tests, floor=60.0):
+        """A timeout for running ``tests`` alone: 3x their traced time, start-up included, at least
+        ``floor`` (tracing only adds time, so the margin is larger than 3x)."""
+        return max(floor, 3 * (self.startup + sum(self.seconds.get(t, 0.0) for t in tests)))
 
 
 def read_coverage(out):
@@ -363,13 +373,16 @@ def read_coverage(out):
             ctx, _, line = row.rpartition("\t")
             if ctx:                                     # a row cut short by a killed process is skipped
                 by_ctx.setdefault(ctx, set()).add(int(line))
-    lines, opaque = {}, set()
+    lines, opaque, seconds = {}, set(), {}
     for test in session["order"]:
         ctxs = [test, *session["fixtures"].get(test, [])]
         lines[test] = set().union(*(by_ctx.get(c, set()) for c in ctxs))
         if any(c in session["opaque"] for c in ctxs):
             opaque.add(test)
-    return Coverage(session["order"], lines, by_ctx.get("<outside>", set()), opaque)
+        # a fixture another test set up is set up by this one when that test does not run
+        seconds[test] = session["seconds"].get(test, 0.0) + sum(session["fixture_seconds"].get(c, 0.0)
+                                                                for c in ctxs[1:])
+    return Coverage(session["order"], lines, by_ctx.get("<outside>", set()), opaque, seconds)
 
 
 def statement_lines(source):
@@ -386,6 +399,18 @@ def statement_lines(source):
         span = set(range(node.lineno, max(node.lineno, last) + 1))
         for line in span:
             out.setdefault(line, set()).update(span)
+    return out
+
+
+def function_body_lines(source):
+    """Lines inside a function body. The others (module level, class bodies, ``def`` lines with their
+    defaults and decorators) run once, at import, in whatever test first imports the module, and
+    what they define reaches every later test: a mutant there runs the whole selection."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):   # a module-level lambda: whole selection
+            for stmt in node.body:
+                out.update(range(stmt.lineno, stmt.end_lineno + 1))
     return out
 
 
@@ -424,33 +449,37 @@ def record_coverage(copy, module, args, timeout):
     shutil.copy2(ROOT / "tools/mutants_trace.py", site / "mutants_trace.py")
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     env = {"MUTANTS_TRACE_FILE": str(copy / module), "MUTANTS_TRACE_OUT": str(out)}
-    status, seconds = run_tests(copy, ["-p", "mutants_trace", *args], timeout, extra_path=[site], extra_env=env)
+    output = []
+    status, seconds = run_tests(copy, ["-p", "mutants_trace", *args], timeout, extra_path=[site], extra_env=env,
+                                output=output)
     if status != "survived":
+        print(f"mutants: the traced run of {module}'s tests ended {status}:\n{''.join(output)}", file=sys.stderr)
         return None, seconds
     coverage = read_coverage(out)
+    coverage.startup = max(0.0, seconds - sum(json.loads((out / "session.json").read_text())["seconds"].values()))
     shutil.rmtree(out, ignore_errors=True)
     return coverage, seconds
 
 
-def mutant_args(module, mutant, coverage, stmt_lines):
+def mutant_args(module, mutant, coverage, stmt_lines, body_lines):
     """pytest arguments for one mutant: the tests that can see its line, else the module's selection."""
-    if coverage is None:
+    if coverage is None or mutant.line not in body_lines:
         return TARGETS[module]
     chosen = select_tests(coverage, stmt_lines.get(mutant.line, {mutant.line}))
     return TARGETS[module] if chosen is None else chosen
 
 
-def _worker(copy, jobs, results, timeouts, progress, partial):
+def _worker(copy, jobs, results, progress, partial):
     while True:
         try:
-            mutant, mutated, args = jobs.get_nowait()
+            mutant, mutated, args, timeout = jobs.get_nowait()
         except queue.Empty:
             return
         path = copy / mutant.module
         original = path.read_text()
         try:
             path.write_text(mutated)
-            mutant.status, mutant.seconds = run_tests(copy, args, timeouts[mutant.module])
+            mutant.status, mutant.seconds = run_tests(copy, args, timeout)
         finally:
             path.write_text(original)
         results.append(mutant)
@@ -573,6 +602,12 @@ def main(argv=None):
                       file=sys.stderr)
                 return 2
             timeouts[m], coverage[m] = max(60.0, 3 * seconds), cov
+            if cov is not None:     # kept for reading: which tests saw which line
+                args.out.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(args.out / f"coverage-{m.replace('/', '_')}.json", json.dumps(
+                    {"order": cov.order, "lines": {t: sorted(v) for t, v in cov.lines.items()},
+                     "outside": sorted(cov.outside), "opaque": sorted(cov.opaque), "seconds": cov.seconds,
+                     "startup": cov.startup}, indent=1))
             how = "" if cov is None else (f", traced: {len(cov.order)} tests, {len(cov.opaque)} opaque, "
                                           f"{len(cov.outside)} lines run outside tests")
             print(f"  baseline {m}: {seconds:.1f} s{how}", flush=True)
@@ -582,6 +617,7 @@ def main(argv=None):
             earlier = {(m["module"], m["before"], m["after"]): m for m in json.loads(args.retry.read_text())}
         for m in modules:
             stmt_lines = statement_lines((ROOT / m).read_text())
+            body_lines = function_body_lines((ROOT / m).read_text())
             for mutant, mutated in generated[m]:
                 key = (mutant.module, mutant.before, mutant.after)
                 if key in EQUIVALENT:
@@ -591,9 +627,10 @@ def main(argv=None):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
                     results.append(mutant)
                 else:
-                    chosen = mutant_args(m, mutant, coverage[m], stmt_lines)
+                    chosen = mutant_args(m, mutant, coverage[m], stmt_lines, body_lines)
                     mutant.tests = 0 if chosen is TARGETS[m] else len(chosen)
-                    jobs.put((mutant, mutated, chosen))
+                    timeout = timeouts[m] if mutant.tests == 0 else coverage[m].timeout(chosen)
+                    jobs.put((mutant, mutated, chosen, timeout))
         total, lock, already = jobs.qsize(), threading.Lock(), len(results)
 
         def progress(mutant):
@@ -610,7 +647,7 @@ def main(argv=None):
                 write_text_atomic(args.out / "partial.json", json.dumps([asdict(m) for m in done], indent=1))
 
         args.out.mkdir(parents=True, exist_ok=True)
-        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress, partial))
+        threads = [threading.Thread(target=_worker, args=(c, jobs, results, progress, partial))
                    for c in copies]
         for t in threads:
             t.start()

@@ -17,7 +17,8 @@ cannot be traced: its context is marked opaque, and tools/mutants.py then runs t
 mutant.
 
 Used as a pytest plugin (``-p mutants_trace``) it also writes ``<out>/session.json``: the items in
-run order, the fixture contexts of each, the opaque contexts and whether every test passed.
+run order, the fixture contexts of each, the opaque contexts, the seconds of each item (setup, call
+and teardown) and of each fixture's setup, and whether every test passed.
 
 Environment: MUTANTS_TRACE_FILE (absolute path of the traced module), MUTANTS_TRACE_OUT (directory).
 """
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import threading
+import time
 
 FILE_VAR, OUT_VAR, CTX_VAR = "MUTANTS_TRACE_FILE", "MUTANTS_TRACE_OUT", "MUTANTS_TRACE_CTX"
 OUTSIDE = "<outside>"
@@ -93,7 +95,7 @@ def set_context(ctx):
 
 # ------------------------------------------------------------------ the pytest plugin
 
-_session = {"order": [], "fixtures": {}, "opaque": [], "passed": True}
+_session = {"order": [], "fixtures": {}, "opaque": [], "passed": True, "seconds": {}, "fixture_seconds": {}}
 _fixture_keys = {}        # id(FixtureDef) -> "fixture:<n>:<name>"
 _keep = []                # the FixtureDefs, so that their id()s stay unique for the session
 
@@ -161,14 +163,18 @@ def pytest_configure(config):
 
         @pytest.hookimpl(hookwrapper=True)
         def pytest_fixture_setup(self, fixturedef, request):
-            outer = _ctx
-            set_context(_fixture_key(fixturedef))
+            outer, key, start = _ctx, _fixture_key(fixturedef), time.time()
+            set_context(key)
             try:
                 yield
             finally:
                 set_context(outer)
+                seconds = _session["fixture_seconds"]
+                seconds[key] = seconds.get(key, 0.0) + time.time() - start
 
         def pytest_runtest_logreport(self, report):
+            seconds = _session["seconds"]
+            seconds[report.nodeid] = seconds.get(report.nodeid, 0.0) + report.duration   # setup, call, teardown
             if report.failed:
                 _session["passed"] = False
 
