@@ -20,8 +20,8 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from virality.generated import generate
-from virality.training import (CsvLog, NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
-                               read_solver, resolve_net_path, validate)
+from virality.training import (CsvLog, NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, check_data_sources,
+                               count_test_records, read_solver, resolve_net_path, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -418,3 +418,48 @@ def test_each_csv_log_row_is_on_disk_before_the_log_is_closed(tmp_path):
                                                  "2,0.5,,,0.01,,"]
     finally:
         log.close()
+
+
+def _small_lmdb(path, records=200):
+    import lmdb
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(records):
+            txn.put(b"%08d" % i, bytes(1000))
+    env.close()
+    return path
+
+
+def test_check_data_sources_opens_each_data_layers_lmdb_and_only_those(tmp_path):
+    """Caffe reads data_param.source only in Data layers: a Python layer's stray source is left alone, a
+    Data layer's missing LMDB is named, and a truncated one is refused before Caffe maps it."""
+    data = _small_lmdb(tmp_path / "val_lmdb")
+    net = _net_with_test_layer('layer { name: "py" type: "Python" data_param { source: "nowhere_lmdb" } }'
+                               'layer { name: "val" type: "Data" data_param { source: "val_lmdb" } }')
+    check_data_sources(net, tmp_path)                                  # whole and present: no error
+    with pytest.raises(FileNotFoundError, match=r"layer val: data .*gone_lmdb not found; run `make data`"):
+        check_data_sources(_net_with_test_layer('layer { name: "py" type: "Python" '
+                                                'data_param { source: "nowhere_lmdb" } }'
+                                                'layer { name: "val" type: "Data" data_param { source: "gone_lmdb" } }'),
+                           tmp_path)
+    mdb = data / "data.mdb"
+    with open(mdb, "r+b") as f:
+        f.truncate(mdb.stat().st_size // 2)
+    with pytest.raises(Exception, match=f"{mdb}: truncated"):
+        check_data_sources(net, tmp_path)
+
+
+def test_count_test_records_closes_the_lmdb_it_opens(tmp_path, monkeypatch):
+    """The count opens the validation LMDB and closes it (a long run must not keep a second map of it)."""
+    import lmdb
+    import virality.training as training
+    _small_lmdb(tmp_path / "val_lmdb", records=7)
+    opened = []
+    monkeypatch.setattr(training, "open_lmdb", lambda path, *a, **k: opened.append(lmdb.open(
+        str(path), readonly=True, lock=False)) or opened[-1])
+    net = _net_with_test_layer('layer { name: "val" type: "Data" include { phase: TEST } '
+                               'data_param { source: "val_lmdb" } }')
+    assert count_test_records(net, tmp_path) == 7
+    assert len(opened) == 1
+    with pytest.raises(lmdb.Error):            # py-lmdb refuses every call on a closed environment
+        opened[0].stat()

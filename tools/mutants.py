@@ -187,6 +187,10 @@ EQUIVALENT = {
      'winner = np.where(p[:, 2] >= 0, p[:, 0], p[:, 1])'): _PM1,
     ("virality/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
      'loser = np.where(p[:, 2] >= 0, p[:, 1], p[:, 0])'): _PM1,
+    ("virality/training.py", "return int(load_npy(path, mmap=True).shape[0])",
+     "return int(load_npy(path, mmap=False).shape[0])"):
+        "mapping the pair file only spares reading it to count its rows; the count (and the truncation check "
+        "of load_npy, which reads the header either way) is the same",
     ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
