@@ -1,6 +1,7 @@
 """tools/mutants.py generates one-line mutants: exactly one line differs, strings and docstrings stay."""
 import importlib.util
 import os
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,7 @@ def untraced():
 
 TESTS = '''import multiprocessing as mp
 import os
+import time
 import subprocess
 import sys
 
@@ -174,3 +176,25 @@ def test_a_module_level_line_run_inside_a_test_still_runs_the_whole_selection():
     inner = mutants.Mutant("virality/metrics.py", 5, "return LIMIT", "return -LIMIT", "unary")
     assert mutants.mutant_args("virality/metrics.py", top, cov, stmt, body) is mutants.TARGETS["virality/metrics.py"]
     assert mutants.mutant_args("virality/metrics.py", inner, cov, stmt, body) == ["t1", "t2"]
+
+
+def test_a_process_a_test_leaves_behind_is_killed_with_the_run(tmp_path):
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_left.py").write_text(
+        "import subprocess, sys\n\n\ndef test_leaves_a_child(tmp_path_factory):\n"
+        "    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"    open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid))\n")
+    os.symlink(ROOT / ".venv", tmp_path / ".venv")
+    status, _ = mutants.run_tests(tmp_path, ["test_left.py"], timeout=120)
+    assert status == "survived"
+    pid = int((tmp_path / "pid").read_text())
+    for _ in range(50):                       # SIGKILL is asynchronous: give it a moment
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the test's child {pid} outlived the run")

@@ -330,6 +330,13 @@ def make_copy(base):
     return base
 
 
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_tests(copy, args, timeout, extra_path=(), extra_env=None, output=None):
     """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH).
     ``output``, a list, receives the end of pytest's output."""
@@ -338,12 +345,23 @@ def run_tests(copy, args, timeout, extra_path=(), extra_env=None, output=None):
     cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
            f"--basetemp={copy}/.pytest_tmp", *args]
     start = time.time()
+    # pytest in a session of its own: a timeout, or the end of the run, kills what it started too (a
+    # hung tools/train.py left behind would take a core from every later mutant).
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.communicate()
         return "timeout", time.time() - start
+    except BaseException:
+        _kill_group(proc)
+        raise
+    _kill_group(proc)
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, "")
     if output is not None:
-        output.append((res.stdout + res.stderr)[-3000:])
+        output.append(out[-3000:])
     # 0 passed; 4 usage error and 5 no tests selected are errors of TARGETS; anything else (1 failed,
     # 2 interrupted, 3 internal error, < 0 Caffe aborted or crashed) means the tests noticed.
     status = {0: "survived", 4: "error", 5: "error"}.get(res.returncode, "caught")
