@@ -179,3 +179,10 @@ def test_distinct_draws_are_free_keys_of_the_space_only(draws):
             have = getattr(pairs_mod, draws)(np.random.default_rng(seed), 10, excluded, n)
             assert have.size >= n and np.all(np.diff(have) > 0)
             assert set(have.tolist()) <= free, (seed, n, have)
+
+
+def test_a_setting_without_held_out_pairs_excludes_only_its_test_pairs():
+    s = setting(range(0, 3), range(3, 6), test_pairs=[(0, 3, 1)])
+    assert s.held_out_pairs is None
+    assert pairs_mod._pair_array(s, "held_out_pairs").shape == (0, 3)
+    assert pairs_mod._test_pairs(s).tolist() == [[0, 3, 1]]

@@ -43,8 +43,9 @@ from virality.files import write_text_atomic  # noqa: E402
 # module -> pytest arguments: the tests that exercise it (slow paper-size tests left out).
 TARGETS = {
     "virality/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
-    "virality/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
-                            "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
+    "virality/metrics.py": ["tests/test_metrics.py", "tests/test_protocol.py", "tests/test_workflow.py", "-k",
+                            "test_metrics or spearman or wilson or rankdata or pair_scores or pairwise or hand_made "
+                            "or user_specific or image_bootstrap"],
     "virality/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
                           "tests/test_datasets_misc.py", "-k", "not ten_million"],
     "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
@@ -70,6 +71,9 @@ _WIDTH = ("a wider key space (or a different floor for an empty one) keeps lo * 
 _GPU = "the GPU branch: not observable on the CPU-only machines the tests run on"
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
+_BOOT = ("which equally valid bootstrap sample the fixed seed gives (the seed, or how many rounds are drawn at "
+         "once): the documented procedure (docs/PROTOCOL.md: 2000 rounds, images resampled, percentile) is the "
+         "same, and the report stays reproducible")
 EQUIVALENT = {
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
@@ -151,6 +155,9 @@ EQUIVALENT = {
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
     ("virality/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
+    ("virality/pairs.py", "tp = np.asarray(tp) if tp is not None else np.empty((0, 3))",
+     "tp = np.asarray(tp) if tp is not None else np.empty((0, 4))"):
+        "an empty array either way: the next line returns the (0, 3) empty pairs for any size-0 array",
     ("virality/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
         "an empty array of test pairs: its column count is never read",
     ("virality/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
@@ -191,6 +198,13 @@ EQUIVALENT = {
      "return int(load_npy(path, mmap=False).shape[0])"):
         "mapping the pair file only spares reading it to count its rows; the count (and the truncation check "
         "of load_npy, which reads the header either way) is the same",
+    ("virality/metrics.py", "while len(stats) < rounds:", "while len(stats) <= rounds:"):
+        "stats[:rounds] is kept after the loop: a batch drawn past the first `rounds` statistics is cut off",
+    ("virality/metrics.py", "BOOTSTRAP_SEED = 0", "BOOTSTRAP_SEED = 1"): _BOOT,
+    ("virality/metrics.py",
+     "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=256).astype(np.float64)",
+     "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=257).astype(np.float64)"):
+        _BOOT,
     ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
