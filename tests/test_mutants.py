@@ -55,6 +55,25 @@ def test_select_tests_runs_what_saw_the_line_and_falls_back_to_everything():
     assert mutants.select_tests(cov, {40}) is None                    # no in-process test: every test
 
 
+def test_selected_tests_run_file_by_file_the_quickest_first():
+    cov = mutants.Coverage(order=["a.py::s", "a.py::q", "b.py::x", "a.py::late"],
+                           lines={"a.py::s": {5}, "a.py::q": {5}, "b.py::x": {5}, "a.py::late": {5}},
+                           outside=set(), opaque=set(), seconds={"a.py::s": 9.0, "a.py::q": 1.0, "b.py::x": 0.1,
+                                                                 "a.py::late": 5.0})
+    assert mutants.select_tests(cov, {5}) == ["a.py::q", "a.py::late", "a.py::s", "b.py::x"]
+
+
+def test_a_saved_recording_is_reused_only_for_the_same_files(tmp_path):
+    cov = mutants.Coverage(order=["t"], lines={"t": {3}}, outside={1}, opaque=set(), seconds={"t": 2.0}, startup=1.0)
+    inputs = mutants.coverage_inputs("virality/metrics.py")
+    assert "virality/metrics.py" in inputs and "tests/test_metrics.py" in inputs and "tests/conftest.py" in inputs
+    mutants.save_coverage(tmp_path / "c.json", cov, 7.5, inputs)
+    assert mutants.load_coverage(tmp_path / "c.json", inputs) == (cov, 7.5)
+    changed = dict(inputs, **{"tests/test_metrics.py": "0" * 40})
+    assert mutants.load_coverage(tmp_path / "c.json", changed) is None
+    assert mutants.load_coverage(tmp_path / "missing.json", inputs) is None
+
+
 def test_statement_lines_cover_a_whole_simple_statement_and_a_compound_header():
     source = "x = f(1,\n      2)\nif (x and\n        y):\n    z = 3\n"
     lines = mutants.statement_lines(source)
@@ -148,7 +167,7 @@ def test_recording_follows_fixtures_subprocesses_and_forks(tmp_path):
     assert not any(body["untraced"] in lines for lines in coverage.lines.values())
     assert coverage.opaque == {ids[5]}           # its child's environment dropped the recorder
     assert 1 in coverage.outside                 # the import ran during collection
-    assert mutants.select_tests(coverage, {body["in_fixture"]}) == [ids[2], ids[3], ids[5]]
+    assert set(mutants.select_tests(coverage, {body["in_fixture"]})) == {ids[2], ids[3], ids[5]}
     assert set(coverage.seconds) == set(ids) and coverage.startup > 0
 
 

@@ -460,7 +460,12 @@ def select_tests(coverage, lines):
     if not seeing:
         return None
     chosen = set(seeing) | coverage.opaque
-    return [t for t in coverage.order if t in chosen]
+    # file by file as pytest ran them (module fixtures set up once), the quickest tests of a file first:
+    # with -x a caught mutant ends at its first failing test
+    files = list(dict.fromkeys(t.split("::")[0] for t in coverage.order))
+    seconds = coverage.seconds or {}
+    return sorted((t for t in coverage.order if t in chosen),
+                  key=lambda t: (files.index(t.split("::")[0]), seconds.get(t, 0.0)))
 
 
 _SITECUSTOMIZE = """# Written by tools/mutants.py for one recording run: trace the target module in every process.
@@ -473,6 +478,35 @@ _spec = importlib.machinery.PathFinder.find_spec(        # the sitecustomize thi
 if _spec is not None and _spec.loader is not None:
     _spec.loader.exec_module(type(sys)("_shadowed_sitecustomize"))
 """
+
+
+def coverage_inputs(module):
+    """sha1 of every file a module's recorded coverage depends on: the module, its test files (TARGETS),
+    tests/conftest.py and the recorder. A saved recording is reused only while all of them are unchanged."""
+    import hashlib
+    files = [module, "tests/conftest.py", "tools/mutants_trace.py"]
+    files += [a.split("::")[0] for a in TARGETS[module] if a.split("::")[0].endswith(".py")]
+    return {f: hashlib.sha1((ROOT / f).read_bytes()).hexdigest() for f in sorted(set(files))}
+
+
+def save_coverage(path, cov, baseline, inputs):
+    write_text_atomic(path, json.dumps(
+        {"inputs": inputs, "baseline": baseline, "order": cov.order,
+         "lines": {t: sorted(v) for t, v in cov.lines.items()}, "outside": sorted(cov.outside),
+         "opaque": sorted(cov.opaque), "seconds": cov.seconds, "startup": cov.startup}, indent=1))
+
+
+def load_coverage(path, inputs):
+    """(Coverage, baseline seconds) saved by an earlier run, or None when missing or made from other files."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if d.get("inputs") != inputs:
+        return None
+    cov = Coverage(d["order"], {t: set(v) for t, v in d["lines"].items()}, set(d["outside"]), set(d["opaque"]),
+                   d["seconds"], d["startup"])
+    return cov, d["baseline"]
 
 
 def record_coverage(copy, module, args, timeout):
@@ -580,6 +614,9 @@ def main(argv=None):
                    help="run again only what an earlier run did not catch (and new mutants); keep its catches")
     p.add_argument("--no-select", action="store_true",
                    help="run the module's whole selection for every mutant (no traced run, no per-line choice)")
+    p.add_argument("--reuse-coverage", type=Path, metavar="DIR",
+                   help="use the recording an earlier run saved in DIR (coverage-*.json) for each module whose "
+                        "source, test files, conftest and recorder are unchanged (sha1), instead of a traced run")
     p.add_argument("--rescore", type=Path, nargs="+", metavar="REPORT_JSON",
                    help="recompute the report of earlier runs (merged, in order; a later file's entry for a "
                         "mutant wins) with the current EQUIVALENT list; run nothing")
@@ -628,8 +665,14 @@ def main(argv=None):
         copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
         timeouts, coverage = {}, {}
         for m in modules:          # the unmutated tests must pass; their time sets the timeout
+            saved = args.out / f"coverage-{m.replace('/', '_')}.json"
+            reused = None if args.no_select or not args.reuse_coverage else \
+                load_coverage(args.reuse_coverage / saved.name, coverage_inputs(m))
             if args.no_select:
                 cov, (status, seconds) = None, run_tests(copies[0], TARGETS[m], timeout=1800)
+            elif reused is not None:
+                (cov, seconds), status = reused, "survived"
+                print(f"  {m}: coverage reused from {args.reuse_coverage} (same module, tests and recorder)")
             else:                  # one traced run: which tests execute each line of m
                 cov, seconds = record_coverage(copies[0], m, TARGETS[m], timeout=3600)
                 status = "survived" if cov is not None else "caught"
@@ -638,12 +681,9 @@ def main(argv=None):
                       file=sys.stderr)
                 return 2
             timeouts[m], coverage[m] = max(60.0, 3 * seconds), cov
-            if cov is not None:     # kept for reading: which tests saw which line
+            if cov is not None:     # kept: which tests saw which line (and for --reuse-coverage)
                 args.out.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(args.out / f"coverage-{m.replace('/', '_')}.json", json.dumps(
-                    {"order": cov.order, "lines": {t: sorted(v) for t, v in cov.lines.items()},
-                     "outside": sorted(cov.outside), "opaque": sorted(cov.opaque), "seconds": cov.seconds,
-                     "startup": cov.startup}, indent=1))
+                save_coverage(saved, cov, seconds, coverage_inputs(m))
             how = "" if cov is None else (f", traced: {len(cov.order)} tests, {len(cov.opaque)} opaque, "
                                           f"{len(cov.outside)} lines run outside tests")
             print(f"  baseline {m}: {seconds:.1f} s{how}", flush=True)
