@@ -142,9 +142,13 @@ def test_image_bootstrap_edges_and_documented_defaults():
     assert image_bootstrap_interval([1.0], [[0, 1, 1]], rounds=50) == (1.0, 1.0)
     assert image_bootstrap_interval([0.0], [[0, 1, 1]], rounds=50) == (0.0, 0.0)
     assert all(math.isnan(v) for v in image_bootstrap_interval([], np.empty((0, 3), np.int64)))
+    # pairs (0, 1) right and (2, 1) wrong share image 1: a round's value is m0 / (m0 + m2) (the m1 factors
+    # cancel), which is 0 or 1 with probability 6/27 each of the 3-image draws: the 95% interval is [0, 1].
+    # Weighting by m1 * m1 instead of m0 * m1 would give 0.5 in every round.
+    assert image_bootstrap_interval([1.0, 0.0], [[0, 1, 1], [2, 1, 1]]) == (0.0, 1.0)
     rng = np.random.default_rng(2)
     pairs = np.array([[i, 20 + (i * 7) % 20, 1] for i in range(20)] + [[i, 20 + (i * 3) % 20, 1] for i in range(20)])
-    correct = (rng.random(len(pairs)) < 0.7).astype(float)
+    correct = rng.random(len(pairs))          # continuous values: 2000 or 2001 rounds give other quantiles
     low, high = image_bootstrap_interval(correct, pairs)
     assert (low, high) == image_bootstrap_interval(correct, pairs, rounds=2000, level=0.95)
     assert low < correct.mean() < high

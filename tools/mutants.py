@@ -198,6 +198,7 @@ EQUIVALENT = {
      "return int(load_npy(path, mmap=False).shape[0])"):
         "mapping the pair file only spares reading it to count its rows; the count (and the truncation check "
         "of load_npy, which reads the header either way) is the same",
+    ("virality/metrics.py", "index = index.reshape(-1, 2)", "index = index.reshape(-2, 2)"): _RESHAPE,
     ("virality/metrics.py", "while len(stats) < rounds:", "while len(stats) <= rounds:"):
         "stats[:rounds] is kept after the loop: a batch drawn past the first `rounds` statistics is cut off",
     ("virality/metrics.py", "BOOTSTRAP_SEED = 0", "BOOTSTRAP_SEED = 1"): _BOOT,
