@@ -51,8 +51,9 @@ TARGETS = {
     "virality/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
                              "driver or dropper or validation or non_finite or resume"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
-    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
-                                   "layer or pair_index or resume or count_test_records"],
+    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_pair_workers.py",
+                                   "tests/test_training_driver.py", "-k",
+                                   "layer or pair_index or resume or count_test_records or seek_all"],
 }
 
 #: (module, original line, mutated line) -> why the change cannot be observed. Lines as the report prints
