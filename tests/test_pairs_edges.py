@@ -186,3 +186,12 @@ def test_a_setting_without_held_out_pairs_excludes_only_its_test_pairs():
     assert s.held_out_pairs is None
     assert pairs_mod._pair_array(s, "held_out_pairs").shape == (0, 3)
     assert pairs_mod._test_pairs(s).tolist() == [[0, 3, 1]]
+
+
+@pytest.mark.parametrize("train", [np.array([[3, 4, 1, 0], [5, 6, 1, 0]], np.int32), np.array([3, 4, 1], np.int32)])
+def test_a_pair_list_that_is_not_k_by_3_is_refused(train):
+    s = Setting(name="list", description="", metric="pairwise_accuracy", test_pairs=np.empty((0, 3), np.int32),
+                test_images=np.zeros(0, np.int64), viral_pool=np.zeros(0, np.int64),
+                nonviral_pool=np.zeros(0, np.int64), disjoint=False, train_pairs=train)
+    with pytest.raises(PairSamplingError, match=r"setting 'list': train_pairs must be \(K, 3\), got "):
+        max_pairs(s)

@@ -703,6 +703,7 @@ def main(argv=None):
                     results.append(mutant)
                 elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
+                    mutant.tests = earlier[key].get("tests", 0)
                     results.append(mutant)
                 else:
                     chosen = mutant_args(m, mutant, coverage[m], stmt_lines, body_lines)
