@@ -463,3 +463,23 @@ def test_count_test_records_closes_the_lmdb_it_opens(tmp_path, monkeypatch):
     assert len(opened) == 1
     with pytest.raises(lmdb.Error):            # py-lmdb refuses every call on a closed environment
         opened[0].stat()
+
+
+def _prefetch_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "pair-prefetch" and t.is_alive()]
+
+
+def test_a_plateau_drop_stops_the_replaced_nets_pair_feeds(index_work, tmp_path, monkeypatch):
+    """Each drop replaces the solver: the feeds of the nets it replaces are stopped (close_python_feeds),
+    so after training with two drops only the final solver's feeds (its TRAIN and TEST feed) can be left."""
+    from python_layers import pair_data
+    pair_data.close_all()
+    before = len(_prefetch_threads())
+    solver = write_solver(tmp_path / "slow.prototxt", index_work / "solvers/tiny_pvcnn.prototxt", base_lr=1e-12,
+                          net=str(index_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    _, lines = run_trainer(index_work, tmp_path / "run", monkeypatch, solver=solver, lr_drops="plateau",
+                           patience=1, val_interval=2, max_iter=6)
+    assert sum("learning-rate drop" in line for line in lines) == 2
+    assert len(_prefetch_threads()) - before <= 2
+    pair_data.close_all()

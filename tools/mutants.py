@@ -75,6 +75,8 @@ _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so
 _BOOT = ("which equally valid bootstrap sample the fixed seed gives (the seed, or how many rounds are drawn at "
          "once): the documented procedure (docs/PROTOCOL.md: 2000 rounds, images resampled, percentile) is the "
          "same, and the report stays reproducible")
+_UNUSED = ("seek_python_feeds' return value (how many feeds it told to seek) is read by no caller (the driver, "
+           "virality/multigpu.py)")
 EQUIVALENT = {
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
     ("virality/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
@@ -207,6 +209,9 @@ EQUIVALENT = {
      "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=256).astype(np.float64)",
      "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=257).astype(np.float64)"):
         _BOOT,
+    ("virality/training.py", "return seek(iteration) if seek else 0", "return seek(iteration) if seek else 1"):
+        _UNUSED,
+    ("virality/training.py", "return 0", "return 1"): _UNUSED,
     ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
