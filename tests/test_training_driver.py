@@ -418,6 +418,24 @@ def test_each_csv_log_row_is_on_disk_before_the_log_is_closed(tmp_path):
                                                  "2,0.5,,,0.01,,"]
     finally:
         log.close()
+    assert log.file.closed
+
+
+# Caffe 1.0's solvers keep one history blob per learnable parameter (SGD, Nesterov, AdaGrad, RMSProp) or two
+# (AdaDelta, Adam: sgd_solvers.cpp / adadelta_solver.cpp / adam_solver.cpp add a second set).
+@pytest.mark.parametrize("solver_type, history", [("SGD", 1), ("Nesterov", 1), ("AdaGrad", 1), ("RMSProp", 1),
+                                                  ("AdaDelta", 2), ("Adam", 2), (None, 1)])
+def test_snapshot_bytes_counts_the_weights_and_the_solvers_history(tmp_path, solver_type, history):
+    from virality.training import snapshot_bytes
+    # two InnerProduct layers 3 -> 2 sharing their weights and bias: 8 floats = 32 bytes, held by each layer in
+    # the caffemodel (64 bytes), once in the history (32 bytes per history blob)
+    shared = 'param { name: "w" } param { name: "b" } inner_product_param { num_output: 2 }'
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }'
+        f'layer {{ name: "a" type: "InnerProduct" bottom: "x" top: "a" {shared} }}'
+        f'layer {{ name: "b" type: "InnerProduct" bottom: "x" top: "b" {shared} }}')
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    assert snapshot_bytes(net, solver_type) == int(1.05 * (64 + history * 32)) + 65536
 
 
 def _small_lmdb(path, records=200):
