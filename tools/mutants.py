@@ -621,6 +621,9 @@ def main(argv=None):
                    help="run again only what an earlier run did not catch (and new mutants); keep its catches")
     p.add_argument("--no-select", action="store_true",
                    help="run the module's whole selection for every mutant (no traced run, no per-line choice)")
+    p.add_argument("--skip-new", action="store_true",
+                   help="with --retry: leave out mutants the earlier report does not have (re-run its survivors "
+                        "only; merge the reports with --rescore)")
     p.add_argument("--reuse-coverage", type=Path, metavar="DIR",
                    help="use the recording an earlier run saved in DIR (coverage-*.json) for each module whose "
                         "source, test files, conftest and recorder are unchanged (sha1), instead of a traced run")
@@ -706,6 +709,8 @@ def main(argv=None):
                 if key in EQUIVALENT:
                     mutant.status = "equivalent"
                     results.append(mutant)
+                elif args.skip_new and key not in earlier:
+                    continue
                 elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
                     mutant.tests = earlier[key].get("tests", 0)
