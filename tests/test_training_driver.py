@@ -501,3 +501,24 @@ def test_a_plateau_drop_stops_the_replaced_nets_pair_feeds(index_work, tmp_path,
     assert sum("learning-rate drop" in line for line in lines) == 2
     assert len(_prefetch_threads()) - before <= 2
     pair_data.close_all()
+
+
+def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tmp_path, monkeypatch):
+    """ETA = records still to train / records per second of the last window, on a clock that advances 1 s per
+    reading (so that the rate, and the ETA, are not rounded away on a fast tiny net)."""
+    import re
+    import types
+    import virality.training as training
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    solver = write_solver(tmp_path / "eta.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", display=1,
+                          net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    _, lines = run_trainer(lmdb_work, tmp_path / "run", monkeypatch, solver=solver, max_iter=6, val_interval=6)
+    rows = read_log(tmp_path / "run")
+    iters = [line for line in lines if line.startswith("iter ")]
+    assert len(iters) == len(rows) == 6
+    for line, row in zip(iters, rows):
+        eta = float(re.search(r" ETA (\S+)s", line).group(1))
+        want = (6 - int(row["iteration"])) * 32 / float(row["pairs_per_s"])      # 32 records per iteration
+        assert abs(eta - want) <= 0.5, (line, want)
+    assert float(re.search(r" ETA (\S+)s", iters[0]).group(1)) >= 2          # not rounded to 0: the clock is slow
