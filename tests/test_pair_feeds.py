@@ -269,8 +269,8 @@ def test_pair_index_layer_in_a_real_net(syn, tmp_path):
 
 
 def test_pair_index_layer_defaults_give_the_raw_central_crops(syn, tmp_path):
-    """The documented defaults: mean [0, 0, 0], scale 1, no mirror, file order in TEST: the tops are the
-    stored pixels of the central 32 x 32 crop (offset (36 - 32) / 2 = 2), unchanged."""
+    """The documented defaults: mean [0, 0, 0], scale 1, no mirror, no shuffle; file order in TEST: the
+    tops are the stored pixels of the central 32 x 32 crop (offset (36 - 32) / 2 = 2), unchanged."""
     store = ImageStore(syn / "images_36_lmdb")
     pairs = np.load(syn / "random" / "pairs_test.npy")
     net = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
@@ -280,6 +280,16 @@ def test_pair_index_layer_defaults_give_the_raw_central_crops(syn, tmp_path):
         np.testing.assert_array_equal(net.blobs["data"].data[i], store.get(pairs[i, 0]).transpose(2, 0, 1)[:, 2:34, 2:34])
         np.testing.assert_array_equal(net.blobs["data_p"].data[i],
                                       store.get(pairs[i, 1]).transpose(2, 0, 1)[:, 2:34, 2:34])
+    # TRAIN: no shuffle and no mirror by default; a 36 x 36 crop of a 36 x 36 image has one offset (0, 0),
+    # so the first batch is the file's first pairs, whole and unflipped
+    train = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
+                                     pairs=str(syn / "random" / "pairs_test.npy"), batch_size=4, crop_size=36),
+                      "TRAIN")
+    train.forward()
+    np.testing.assert_array_equal(train.blobs["label"].data, pairs[:4, 2])
+    for i in range(4):
+        np.testing.assert_array_equal(train.blobs["data"].data[i], store.get(pairs[i, 0]).transpose(2, 0, 1))
+        np.testing.assert_array_equal(train.blobs["data_p"].data[i], store.get(pairs[i, 1]).transpose(2, 0, 1))
 
 
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):
