@@ -290,6 +290,18 @@ def test_pair_index_layer_defaults_give_the_raw_central_crops(syn, tmp_path):
     for i in range(4):
         np.testing.assert_array_equal(train.blobs["data"].data[i], store.get(pairs[i, 0]).transpose(2, 0, 1))
         np.testing.assert_array_equal(train.blobs["data_p"].data[i], store.get(pairs[i, 1]).transpose(2, 0, 1))
+    from virality.pair_batches import Prefetcher
+    assert type(train.layers[0].prefetcher) is Prefetcher          # workers 0: one thread, no processes
+    # seed 1701 by default: a shuffled feed without a seed gives seed 1701's batches (and not 1702's)
+    shuffled = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                    batch_size=8, crop_size=36, shuffle=True)
+    labels = {}
+    for name, extra in (("default", {}), ("1701", {"seed": 1701}), ("1702", {"seed": 1702})):
+        net = _data_net(tmp_path, dict(shuffled, **extra), "TRAIN")
+        net.forward()
+        labels[name] = net.blobs["data"].data.copy()
+    np.testing.assert_array_equal(labels["default"], labels["1701"])
+    assert not np.array_equal(labels["default"], labels["1702"])
 
 
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):

@@ -212,6 +212,11 @@ EQUIVALENT = {
     ("virality/training.py", "return seek(iteration) if seek else 0", "return seek(iteration) if seek else 1"):
         _UNUSED,
     ("virality/training.py", "return 0", "return 1"): _UNUSED,
+    ("python_layers/pair_data.py", '"prefetch": (3, int),', '"prefetch": (4, int),'):
+        "how many batches are prepared ahead: the same batches in the same order, only the memory changes",
+    ("python_layers/pair_data.py", '"cache_mb": (1024, int),', '"cache_mb": (1025, int),'):
+        "the decoded-store cache limit: the test stores are far below 1 GB either way, and a cached image is the "
+        "stored one",
     ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
