@@ -217,6 +217,10 @@ EQUIVALENT = {
     ("python_layers/pair_data.py", '"cache_mb": (1024, int),', '"cache_mb": (1025, int),'):
         "the decoded-store cache limit: the test stores are far below 1 GB either way, and a cached image is the "
         "stored one",
+    ("virality/training.py", 'history = HISTORY_BLOBS.get(solver_type or "SGD", 2) * sum(distinct.values())',
+     'history = HISTORY_BLOBS.get(solver_type or "SGD", 3) * sum(distinct.values())'):
+        "every solver type Caffe 1.0 accepts is in HISTORY_BLOBS: the fallback only serves a type Caffe refuses "
+        "before any snapshot",
     ("virality/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
