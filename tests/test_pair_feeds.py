@@ -304,6 +304,17 @@ def test_pair_index_layer_defaults_give_the_raw_central_crops(syn, tmp_path):
     assert not np.array_equal(labels["default"], labels["1702"])
 
 
+def test_pair_index_layer_accepts_one_and_refuses_zero_for_each_size(syn, tmp_path):
+    base = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                batch_size=2, crop_size=32, prefetch=2)
+    net = _data_net(tmp_path, dict(base, batch_size=1, crop_size=1, prefetch=1))     # the smallest allowed
+    net.forward()
+    assert net.blobs["data"].data.shape == (1, 3, 1, 1)
+    for key in ("batch_size", "crop_size", "prefetch"):
+        with pytest.raises(Exception, match=f"param_str key '{key}' must be >= 1, got 0"):
+            _data_net(tmp_path, dict(base, **{key: 0}))
+
+
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):
     good = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
                 batch_size=5, crop_size=32)
