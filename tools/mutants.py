@@ -212,6 +212,8 @@ EQUIVALENT = {
     ("virality/training.py", "return seek(iteration) if seek else 0", "return seek(iteration) if seek else 1"):
         _UNUSED,
     ("virality/training.py", "return 0", "return 1"): _UNUSED,
+    ("python_layers/pair_data.py", """self.source.check_ids(pairs[:, :2].reshape(-1), f"pair file {params['pairs']}")""",
+     """self.source.check_ids(pairs[:, :2].reshape(-2), f"pair file {params['pairs']}")"""): _RESHAPE,
     ("python_layers/pair_data.py", '"prefetch": (3, int),', '"prefetch": (4, int),'):
         "how many batches are prepared ahead: the same batches in the same order, only the memory changes",
     ("python_layers/pair_data.py", '"cache_mb": (1024, int),', '"cache_mb": (1025, int),'):
