@@ -575,7 +575,7 @@ def _worker(copy, jobs, results, progress, partial):
         partial(results)
 
 
-def score_table(mutants, modules):
+def score_table(mutants, modules, totals=None):
     rows = ["| module | mutants | caught | survived | equivalent (excluded) | score | tests per mutant (median) "
             "| test time (summed) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -590,7 +590,10 @@ def score_table(mutants, modules):
         per = (f"{subset[len(subset) // 2]} ({len(ran) - len(subset)} ran all)" if subset else
                ("all" if ran else ""))
         seconds = sum(m.seconds for m in ms)
-        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} | {per} "
+        label = module
+        if totals and totals.get(module, 0) > len(ms):
+            label = f"{module} (run: {len(ms)} of its {totals[module]} mutants, in line order)"
+        rows.append(f"| {label} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} | {per} "
                     f"| {seconds / 60:.1f} min |")
     return "\n".join(rows)
 
@@ -772,7 +775,7 @@ def main(argv=None):
 
 def write_report(results, modules, out, seconds, jobs, note=""):
     results.sort(key=lambda m: (modules.index(m.module), m.line, m.after))
-    table = score_table(results, modules)
+    table = score_table(results, modules, {m: len(generate(m, (ROOT / m).read_text())) for m in modules})
     when = time.strftime('%Y-%m-%d %H:%M', time.gmtime())
     took = f", {seconds / 60:.1f} min, {jobs} worker(s)" if seconds is not None else ""
     lines = [f"# Mutation testing ({when} UTC{took})", "", *([note, ""] if note else []), table, "",
