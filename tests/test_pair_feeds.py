@@ -315,6 +315,14 @@ def test_pair_index_layer_accepts_one_and_refuses_zero_for_each_size(syn, tmp_pa
             _data_net(tmp_path, dict(base, **{key: 0}))
 
 
+@pytest.mark.parametrize("mean", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, True], [1.0, "2", 3.0]])
+def test_pair_index_layer_wants_the_mean_as_three_numbers(syn, tmp_path, mean):
+    params = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                  batch_size=2, crop_size=32, mean=mean)
+    with pytest.raises(Exception, match=r"param_str key 'mean' must be 3 numbers \(B, G, R\)"):
+        _data_net(tmp_path, params)
+
+
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):
     good = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
                 batch_size=5, crop_size=32)
