@@ -323,6 +323,18 @@ def test_pair_index_layer_wants_the_mean_as_three_numbers(syn, tmp_path, mean):
         _data_net(tmp_path, params)
 
 
+def test_a_layer_seek_stops_its_old_prefetch_thread(syn, tmp_path):
+    import threading
+    net = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
+                                   pairs=str(syn / "random" / "pairs_test.npy"), batch_size=2, crop_size=32), "TRAIN")
+    layer = net.layers[0]
+    old = layer.prefetcher._thread
+    layer.seek(3)
+    assert not old.is_alive() and layer.prefetcher._thread.is_alive()
+    assert [t for t in threading.enumerate() if t is old] == []
+    layer.prefetcher.close()
+
+
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):
     good = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
                 batch_size=5, crop_size=32)
