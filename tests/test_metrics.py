@@ -146,6 +146,9 @@ def test_image_bootstrap_edges_and_documented_defaults():
     # cancel), which is 0 or 1 with probability 6/27 each of the 3-image draws: the 95% interval is [0, 1].
     # Weighting by m1 * m1 instead of m0 * m1 would give 0.5 in every round.
     assert image_bootstrap_interval([1.0, 0.0], [[0, 1, 1], [2, 1, 1]]) == (0.0, 1.0)
+    # the kept rounds give 0, 0.5 and 1 with probability 1/3 each (6 of the 18 kept draws of 27): the 20%
+    # interval, from the 40% to the 60% quantile, lies inside the 0.5 block
+    assert image_bootstrap_interval([1.0, 0.0], [[0, 1, 1], [2, 1, 1]], level=0.2) == (0.5, 0.5)
     rng = np.random.default_rng(2)
     pairs = np.array([[i, 20 + (i * 7) % 20, 1] for i in range(20)] + [[i, 20 + (i * 3) % 20, 1] for i in range(20)])
     correct = rng.random(len(pairs))          # continuous values: 2000 or 2001 rounds give other quantiles
