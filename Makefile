@@ -84,7 +84,8 @@ test: env third-party-model
 third-party-model: venv
 	@$(PY) tests/third_party_model.py
 
-# Not part of `make test` (hours on 2 cores, most of it training.py; docs/TESTING.md). JOBS workers, each with a copy.
+# Not part of `make test` (hours on 2 shared cores, most of it training.py, even with the per-mutant test
+# selection; docs/TESTING.md). JOBS workers, each with a copy.
 JOBS ?= 1
 mutants: env
 	$(PY) tools/mutants.py --jobs $(JOBS)

@@ -37,9 +37,12 @@ def seek_all(batch_index):
 
 
 def close_all():
-    """Stop every live feed's prefetch thread or worker processes (before a solver is replaced)."""
+    """Stop every live feed's prefetch thread or worker processes (before a solver is replaced), and
+    forget them: a later seek_all (the driver's, after building the new solver) must not restart the
+    feeds of the replaced net, whose layers may outlive it (their workers would never be closed)."""
     for feed in list(_LIVE):
         feed.prefetcher.close()
+        _LIVE.discard(feed)
 
 
 class PairIndexData(caffe.Layer):

@@ -118,3 +118,74 @@ def test_pair_scores_looks_up_both_images():
     np.testing.assert_array_equal(f2, [-1.0, 0.5])
     with pytest.raises(KeyError, match="no score for 2 test image.*e.g. id 4"):
         pair_scores(scores, [[3, 4, 1], [5, 9, 1]])
+
+
+# ------------------------------------------------------------------ per-pair correctness, intervals, per-user rho
+
+def test_pair_correctness_by_hand():
+    # d = f1 - f2: +0.5 agrees with y=+1 (1), -2 disagrees with y=+1 (0), a tie (0.5), -1 agrees with y=-1 (1)
+    from virality.experiments.metrics import pair_correctness
+    got = pair_correctness([1.0, -1.0, 3.0, 0.0], [0.5, 1.0, 3.0, 1.0], [1, 1, -1, -1])
+    np.testing.assert_array_equal(got, [1.0, 0.0, 0.5, 1.0])
+
+
+def test_images_repeat_looks_at_the_two_image_columns_only():
+    from virality.experiments.metrics import images_repeat
+    assert not images_repeat(np.array([[0, 1, 1], [2, 3, 1]]))      # the label 1 equals an id: not an image
+    assert images_repeat(np.array([[0, 1, 1], [2, 0, -1]]))         # image 0 in two pairs
+
+
+def test_image_bootstrap_edges_and_documented_defaults():
+    """docs/PROTOCOL.md: 2000 rounds, a 95% percentile interval. One pair (a, b): a round keeps it only
+    when a and b are both drawn once (weight 1 x 1 = 1), so every kept round gives its one value."""
+    from virality.experiments.metrics import image_bootstrap_interval
+    assert image_bootstrap_interval([1.0], [[0, 1, 1]], rounds=50) == (1.0, 1.0)
+    assert image_bootstrap_interval([0.0], [[0, 1, 1]], rounds=50) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in image_bootstrap_interval([], np.empty((0, 3), np.int64)))
+    # pairs (0, 1) right and (2, 1) wrong share image 1: a round's value is m0 / (m0 + m2) (the m1 factors
+    # cancel), which is 0 or 1 with probability 6/27 each of the 3-image draws: the 95% interval is [0, 1].
+    # Weighting by m1 * m1 instead of m0 * m1 would give 0.5 in every round.
+    assert image_bootstrap_interval([1.0, 0.0], [[0, 1, 1], [2, 1, 1]]) == (0.0, 1.0)
+    # the kept rounds give 0, 0.5 and 1 with probability 1/3 each (6 of the 18 kept draws of 27): the 20%
+    # interval, from the 40% to the 60% quantile, lies inside the 0.5 block
+    assert image_bootstrap_interval([1.0, 0.0], [[0, 1, 1], [2, 1, 1]], level=0.2) == (0.5, 0.5)
+    rng = np.random.default_rng(2)
+    pairs = np.array([[i, 20 + (i * 7) % 20, 1] for i in range(20)] + [[i, 20 + (i * 3) % 20, 1] for i in range(20)])
+    correct = rng.random(len(pairs))          # continuous values: 2000 or 2001 rounds give other quantiles
+    low, high = image_bootstrap_interval(correct, pairs)
+    assert (low, high) == image_bootstrap_interval(correct, pairs, rounds=2000, level=0.95)
+    assert low < correct.mean() < high
+    narrow = image_bootstrap_interval(correct, pairs, level=0.5)
+    assert low < narrow[0] < correct.mean() < narrow[1] < high
+
+
+def test_spearman_per_user_counts_users_with_two_images_and_checks_sizes():
+    from virality.experiments.metrics import spearman_per_user
+    # user 0: 2 images ranked right (rho +1); user 1: 3 images in reverse (rho -1); user 2: one image (no rho)
+    predicted = [1.0, 2.0, 3.0, 2.0, 1.0, 5.0]
+    actual = [10.0, 20.0, 1.0, 2.0, 3.0, 7.0]
+    users = [0, 0, 1, 1, 1, 2]
+    assert spearman_per_user(predicted, actual, users) == (0.0, 2)
+    assert spearman_per_user(predicted[:2], actual[:2], users[:2]) == (1.0, 1)
+    for bad in ((predicted[:5], actual, users), (predicted, actual[:5], users), (predicted, actual, users[:5])):
+        with pytest.raises(ValueError, match="spearman_per_user: "):
+            spearman_per_user(*bad)
+    with pytest.raises(ValueError, match="no user has a defined rank correlation"):
+        spearman_per_user([1.0, 2.0], [1.0, 2.0], [0, 1])
+
+
+def test_setting_spearman_refuses_a_wrong_count_and_a_per_user_setting_without_users():
+    from virality.datasets.base import Dataset, Setting
+    from virality.experiments.metrics import setting_spearman
+    ids = np.arange(4)
+    d = Dataset("toy", ids=ids, scores=np.array([1.0, 3.0, 2.0, 4.0]), topics=np.full(4, -1), topic_names=[],
+                image_dir=None, users=None)
+    empty = np.empty((0, 3), np.int32)
+    pooled = Setting("mix", "", "spearman", empty, ids, ids[:0], ids[:0])
+    # predictions 1, 2, 3, 4 against scores 1, 3, 2, 4: rho = 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8
+    assert setting_spearman(d, pooled, [1.0, 2.0, 3.0, 4.0]) == (pytest.approx(0.8), None)
+    with pytest.raises(ValueError, match="setting 'mix': 3 predictions for 4 test images"):
+        setting_spearman(d, pooled, [1.0, 2.0, 3.0])
+    per_user = Setting("user_specific", "", "spearman", empty, ids, ids[:0], ids[:0], per_user=True)
+    with pytest.raises(ValueError, match="per user but dataset 'toy' has no users"):
+        setting_spearman(d, per_user, [1.0, 2.0, 3.0, 4.0])

@@ -268,6 +268,73 @@ def test_pair_index_layer_in_a_real_net(syn, tmp_path):
     np.testing.assert_array_equal(again.blobs["data"].data, outs[0]["data"])
 
 
+def test_pair_index_layer_defaults_give_the_raw_central_crops(syn, tmp_path):
+    """The documented defaults: mean [0, 0, 0], scale 1, no mirror, no shuffle; file order in TEST: the
+    tops are the stored pixels of the central 32 x 32 crop (offset (36 - 32) / 2 = 2), unchanged."""
+    store = ImageStore(syn / "images_36_lmdb")
+    pairs = np.load(syn / "random" / "pairs_test.npy")
+    net = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
+                                   pairs=str(syn / "random" / "pairs_test.npy"), batch_size=3, crop_size=32))
+    net.forward()
+    for i in range(3):
+        np.testing.assert_array_equal(net.blobs["data"].data[i], store.get(pairs[i, 0]).transpose(2, 0, 1)[:, 2:34, 2:34])
+        np.testing.assert_array_equal(net.blobs["data_p"].data[i],
+                                      store.get(pairs[i, 1]).transpose(2, 0, 1)[:, 2:34, 2:34])
+    # TRAIN: no shuffle and no mirror by default; a 36 x 36 crop of a 36 x 36 image has one offset (0, 0),
+    # so the first batch is the file's first pairs, whole and unflipped
+    train = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
+                                     pairs=str(syn / "random" / "pairs_test.npy"), batch_size=4, crop_size=36),
+                      "TRAIN")
+    train.forward()
+    np.testing.assert_array_equal(train.blobs["label"].data, pairs[:4, 2])
+    for i in range(4):
+        np.testing.assert_array_equal(train.blobs["data"].data[i], store.get(pairs[i, 0]).transpose(2, 0, 1))
+        np.testing.assert_array_equal(train.blobs["data_p"].data[i], store.get(pairs[i, 1]).transpose(2, 0, 1))
+    from virality.data.pair_batches import Prefetcher
+    assert type(train.layers[0].prefetcher) is Prefetcher          # workers 0: one thread, no processes
+    # seed 1701 by default: a shuffled feed without a seed gives seed 1701's batches (and not 1702's)
+    shuffled = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                    batch_size=8, crop_size=36, shuffle=True)
+    labels = {}
+    for name, extra in (("default", {}), ("1701", {"seed": 1701}), ("1702", {"seed": 1702})):
+        net = _data_net(tmp_path, dict(shuffled, **extra), "TRAIN")
+        net.forward()
+        labels[name] = net.blobs["data"].data.copy()
+    np.testing.assert_array_equal(labels["default"], labels["1701"])
+    assert not np.array_equal(labels["default"], labels["1702"])
+
+
+def test_pair_index_layer_accepts_one_and_refuses_zero_for_each_size(syn, tmp_path):
+    base = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                batch_size=2, crop_size=32, prefetch=2)
+    net = _data_net(tmp_path, dict(base, batch_size=1, crop_size=1, prefetch=1))     # the smallest allowed
+    net.forward()
+    assert net.blobs["data"].data.shape == (1, 3, 1, 1)
+    for key in ("batch_size", "crop_size", "prefetch"):
+        with pytest.raises(Exception, match=f"param_str key '{key}' must be >= 1, got 0"):
+            _data_net(tmp_path, dict(base, **{key: 0}))
+
+
+@pytest.mark.parametrize("mean", [[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, True], [1.0, "2", 3.0]])
+def test_pair_index_layer_wants_the_mean_as_three_numbers(syn, tmp_path, mean):
+    params = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
+                  batch_size=2, crop_size=32, mean=mean)
+    with pytest.raises(Exception, match=r"param_str key 'mean' must be 3 numbers \(B, G, R\)"):
+        _data_net(tmp_path, params)
+
+
+def test_a_layer_seek_stops_its_old_prefetch_thread(syn, tmp_path):
+    import threading
+    net = _data_net(tmp_path, dict(image_store=str(syn / "images_36_lmdb"),
+                                   pairs=str(syn / "random" / "pairs_test.npy"), batch_size=2, crop_size=32), "TRAIN")
+    layer = net.layers[0]
+    old = layer.prefetcher._thread
+    layer.seek(3)
+    assert not old.is_alive() and layer.prefetcher._thread.is_alive()
+    assert [t for t in threading.enumerate() if t is old] == []
+    layer.prefetcher.close()
+
+
 def test_pair_index_layer_rejects_bad_configuration(syn, tmp_path):
     good = dict(image_store=str(syn / "images_36_lmdb"), pairs=str(syn / "random" / "pairs_test.npy"),
                 batch_size=5, crop_size=32)

@@ -244,6 +244,26 @@ def test_the_layer_with_workers_gives_the_thread_layers_batches_and_closes(store
         _net(tmp_path, dict(params, workers=-1), "bad")
 
 
+def test_a_feed_closed_for_a_replaced_net_is_not_restarted_by_seek_all(store, tmp_path):
+    """A plateau drop closes the feeds (close_all), builds the new solver, then seeks (seek_all): the
+    replaced net's layer, still alive, must not get its workers back (nothing would ever close them)."""
+    from python_layers import pair_data
+    from virality.data import pair_workers
+
+    pair_data.close_all()                                   # start from no live layer
+    params = dict(image_store=str(store / "store"), pairs=str(store / "pairs.npy"), batch_size=4,
+                  crop_size=CROP, shuffle=True, seed=9, workers=1)
+    old = _net(tmp_path, params, "old")                     # the replaced solver's net, still referenced
+    old_feed = old.layers[0].prefetcher
+    pair_data.close_all()
+    new = _net(tmp_path, params, "new")
+    assert pair_data.seek_all(3) == 1                       # the new net's feed only
+    assert old.layers[0].prefetcher is old_feed and old_feed._closed
+    assert set(pair_workers._LIVE_FEEDS) == {new.layers[0].prefetcher}
+    pair_data.close_all()
+    assert not pair_workers._LIVE_FEEDS
+
+
 def test_the_layer_shards_by_caffe_solver_rank(store, tmp_path):
     params = dict(image_store=str(store / "store"), pairs=str(store / "pairs.npy"), batch_size=3,
                   crop_size=CROP, mirror=True, shuffle=True, seed=9)

@@ -166,3 +166,32 @@ def test_check_pairs_reports_unbalanced_labels_and_pools():
         check_pairs(np.array([(0, 3, 1), (4, 1, -1), (5, 2, -1), (3, 2, -1)], np.int32), s)
     with pytest.raises(ValueError, match="disagrees with the pools"):
         check_pairs(np.array([(0, 1, 1), (4, 2, -1)], np.int32), s)      # (0, 1): two viral images
+
+
+@pytest.mark.parametrize("draws", ["_distinct_draws_mask", "_distinct_draws_sorted"])
+def test_distinct_draws_are_free_keys_of_the_space_only(draws):
+    """Keys 0..9 with 0, 3 and 7 excluded leave the 7 free keys {1, 2, 4, 5, 6, 8, 9}: every draw is
+    sorted, distinct, at least n of them, and all free (never an excluded key nor one outside 0..9)."""
+    free = {1, 2, 4, 5, 6, 8, 9}
+    excluded = np.array([0, 3, 7], np.int64)
+    for seed in range(20):
+        for n in (1, 4, 7):
+            have = getattr(pairs_mod, draws)(np.random.default_rng(seed), 10, excluded, n)
+            assert have.size >= n and np.all(np.diff(have) > 0)
+            assert set(have.tolist()) <= free, (seed, n, have)
+
+
+def test_a_setting_without_held_out_pairs_excludes_only_its_test_pairs():
+    s = setting(range(0, 3), range(3, 6), test_pairs=[(0, 3, 1)])
+    assert s.held_out_pairs is None
+    assert pairs_mod._pair_array(s, "held_out_pairs").shape == (0, 3)
+    assert pairs_mod._test_pairs(s).tolist() == [[0, 3, 1]]
+
+
+@pytest.mark.parametrize("train", [np.array([[3, 4, 1, 0], [5, 6, 1, 0]], np.int32), np.array([3, 4, 1], np.int32)])
+def test_a_pair_list_that_is_not_k_by_3_is_refused(train):
+    s = Setting(name="list", description="", metric="pairwise_accuracy", test_pairs=np.empty((0, 3), np.int32),
+                test_images=np.zeros(0, np.int64), viral_pool=np.zeros(0, np.int64),
+                nonviral_pool=np.zeros(0, np.int64), disjoint=False, train_pairs=train)
+    with pytest.raises(PairSamplingError, match=r"setting 'list': train_pairs must be \(K, 3\), got "):
+        max_pairs(s)

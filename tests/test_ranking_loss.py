@@ -149,7 +149,8 @@ def test_pairwise_accuracy_and_ties():
 # --- the Caffe layer --------------------------------------------------------------------------
 
 
-def loss_net(tmp_path, n=4, param_str=None, loss_weight=1.0, tops=2, propagate_down=None, bottoms=3):
+def loss_net(tmp_path, n=4, param_str=None, loss_weight=1.0, tops=2, propagate_down=None, bottoms=3,
+             phase=caffe.TRAIN):
     params = "" if param_str is None else f"param_str: '{param_str}'"
     prop = "".join(f"propagate_down: {str(p).lower()} " for p in propagate_down) if propagate_down else ""
     top_lines = 'top: "loss" top: "accuracy" loss_weight: %g loss_weight: 0' % loss_weight if tops == 2 \
@@ -165,7 +166,7 @@ def loss_net(tmp_path, n=4, param_str=None, loss_weight=1.0, tops=2, propagate_d
     ''')
     path = tmp_path / "net.prototxt"
     path.write_text(text)
-    return caffe.Net(str(path), caffe.TRAIN)
+    return caffe.Net(str(path), phase)
 
 
 def fill(net, f1, f2, y):
@@ -199,6 +200,26 @@ def test_layer_backward_scales_by_loss_weight_and_leaves_labels_alone(tmp_path, 
     np.testing.assert_allclose(net.blobs["f1"].diff.ravel(), loss_weight * core.grad_f1, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(net.blobs["f2"].diff.ravel(), loss_weight * core.grad_f2, rtol=1e-4, atol=1e-7)
     assert np.all(net.blobs["y"].diff == 123.0)
+
+
+@pytest.mark.parametrize("phase, normalize, factor", [(caffe.TRAIN, False, 3), (caffe.TRAIN, True, 1),
+                                                      (caffe.TEST, False, 1)])
+def test_layer_multiplies_a_summed_train_gradient_by_the_solver_count(tmp_path, phase, normalize, factor):
+    """docs/GPU.md: NCCL divides the N solvers' summed gradients by N, so the loss layer multiplies its
+    TRAIN gradient by N when the loss is a sum (normalize false); a mean loss and the TEST net keep 1."""
+    try:
+        caffe.set_multiprocess(True)      # one solver per process, as tools/train.py --gpus runs them
+        caffe.set_solver_count(3)
+        net = loss_net(tmp_path, param_str=json.dumps({"normalize": normalize}), phase=phase)
+    finally:
+        caffe.set_solver_count(1)
+        caffe.set_multiprocess(False)
+    fill(net, F1, F2, Y)
+    net.forward()
+    net.backward()
+    core = ranking_loss(np.float32(F1), np.float32(F2), Y, LossConfig(normalize=normalize))
+    np.testing.assert_allclose(net.blobs["f1"].diff.ravel(), factor * core.grad_f1, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(net.blobs["f2"].diff.ravel(), factor * core.grad_f2, rtol=1e-4, atol=1e-7)
 
 
 def test_layer_gradient_by_finite_differences_inside_caffe(tmp_path):

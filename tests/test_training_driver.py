@@ -20,8 +20,8 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from virality.model.generated import generate
-from virality.train.training import (NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, count_test_records,
-                               read_solver, resolve_net_path, validate)
+from virality.train.training import (CsvLog, NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, check_data_sources,
+                               count_test_records, read_solver, resolve_net_path, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -406,3 +406,119 @@ def test_the_seed_makes_initialisation_reproducible(lmdb_work, tmp_path, monkeyp
         weights[name] = params_of(deploy, tmp_path / name / "tiny_pvcnn_iter_1.caffemodel")[("conv1", 0)]
     np.testing.assert_array_equal(weights["a"], weights["b"])
     assert not np.array_equal(weights["a"], weights["c"])
+
+
+def test_each_csv_log_row_is_on_disk_before_the_log_is_closed(tmp_path):
+    """A killed run keeps the rows it logged: each one is flushed when written."""
+    path = tmp_path / "train_log.csv"
+    log = CsvLog(path, append=False)
+    log.write(iteration=2, loss=0.5, lr=0.01)
+    try:
+        assert path.read_text().splitlines() == ["iteration,loss,train_accuracy,val_accuracy,lr,pairs_per_s,elapsed_s",
+                                                 "2,0.5,,,0.01,,"]
+    finally:
+        log.close()
+    assert log.file.closed
+
+
+# Caffe 1.0's solvers keep one history blob per learnable parameter (SGD, Nesterov, AdaGrad, RMSProp) or two
+# (AdaDelta, Adam: sgd_solvers.cpp / adadelta_solver.cpp / adam_solver.cpp add a second set).
+@pytest.mark.parametrize("solver_type, history", [("SGD", 1), ("Nesterov", 1), ("AdaGrad", 1), ("RMSProp", 1),
+                                                  ("AdaDelta", 2), ("Adam", 2), (None, 1)])
+def test_snapshot_bytes_counts_the_weights_and_the_solvers_history(tmp_path, solver_type, history):
+    from virality.train.training import snapshot_bytes
+    # two InnerProduct layers 3 -> 2 sharing their weights and bias: 8 floats = 32 bytes, held by each layer in
+    # the caffemodel (64 bytes), once in the history (32 bytes per history blob)
+    shared = 'param { name: "w" } param { name: "b" } inner_product_param { num_output: 2 }'
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }'
+        f'layer {{ name: "a" type: "InnerProduct" bottom: "x" top: "a" {shared} }}'
+        f'layer {{ name: "b" type: "InnerProduct" bottom: "x" top: "b" {shared} }}')
+    net = caffe.Net(str(tmp_path / "net.prototxt"), caffe.TRAIN)
+    assert snapshot_bytes(net, solver_type) == int(1.05 * (64 + history * 32)) + 65536
+
+
+def _small_lmdb(path, records=200):
+    import lmdb
+    env = lmdb.open(str(path), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(records):
+            txn.put(b"%08d" % i, bytes(1000))
+    env.close()
+    return path
+
+
+def test_check_data_sources_opens_each_data_layers_lmdb_and_only_those(tmp_path):
+    """Caffe reads data_param.source only in Data layers: a Python layer's stray source is left alone, a
+    Data layer's missing LMDB is named, and a truncated one is refused before Caffe maps it."""
+    data = _small_lmdb(tmp_path / "val_lmdb")
+    net = _net_with_test_layer('layer { name: "py" type: "Python" data_param { source: "nowhere_lmdb" } }'
+                               'layer { name: "val" type: "Data" data_param { source: "val_lmdb" } }')
+    check_data_sources(net, tmp_path)                                  # whole and present: no error
+    with pytest.raises(FileNotFoundError, match=r"layer val: data .*gone_lmdb not found; run `make data`"):
+        check_data_sources(_net_with_test_layer('layer { name: "py" type: "Python" '
+                                                'data_param { source: "nowhere_lmdb" } }'
+                                                'layer { name: "val" type: "Data" data_param { source: "gone_lmdb" } }'),
+                           tmp_path)
+    mdb = data / "data.mdb"
+    with open(mdb, "r+b") as f:
+        f.truncate(mdb.stat().st_size // 2)
+    with pytest.raises(Exception, match=f"{mdb}: truncated"):
+        check_data_sources(net, tmp_path)
+
+
+def test_count_test_records_closes_the_lmdb_it_opens(tmp_path, monkeypatch):
+    """The count opens the validation LMDB and closes it (a long run must not keep a second map of it)."""
+    import lmdb
+    import virality.train.training as training
+    _small_lmdb(tmp_path / "val_lmdb", records=7)
+    opened = []
+    monkeypatch.setattr(training, "open_lmdb", lambda path, *a, **k: opened.append(lmdb.open(
+        str(path), readonly=True, lock=False)) or opened[-1])
+    net = _net_with_test_layer('layer { name: "val" type: "Data" include { phase: TEST } '
+                               'data_param { source: "val_lmdb" } }')
+    assert count_test_records(net, tmp_path) == 7
+    assert len(opened) == 1
+    with pytest.raises(lmdb.Error):            # py-lmdb refuses every call on a closed environment
+        opened[0].stat()
+
+
+def _prefetch_threads():
+    import threading
+    return [t for t in threading.enumerate() if t.name == "pair-prefetch" and t.is_alive()]
+
+
+def test_a_plateau_drop_stops_the_replaced_nets_pair_feeds(index_work, tmp_path, monkeypatch):
+    """Each drop replaces the solver: the feeds of the nets it replaces are stopped (close_python_feeds),
+    so after training with two drops only the final solver's feeds (its TRAIN and TEST feed) can be left."""
+    from python_layers import pair_data
+    pair_data.close_all()
+    before = len(_prefetch_threads())
+    solver = write_solver(tmp_path / "slow.prototxt", index_work / "solvers/tiny_pvcnn.prototxt", base_lr=1e-12,
+                          net=str(index_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    _, lines = run_trainer(index_work, tmp_path / "run", monkeypatch, solver=solver, lr_drops="plateau",
+                           patience=1, val_interval=2, max_iter=6)
+    assert sum("learning-rate drop" in line for line in lines) == 2
+    assert len(_prefetch_threads()) - before <= 2
+    pair_data.close_all()
+
+
+def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tmp_path, monkeypatch):
+    """ETA = records still to train / records per second of the last window, on a clock that advances 1 s per
+    reading (so that the rate, and the ETA, are not rounded away on a fast tiny net)."""
+    import re
+    import types
+    import virality.train.training as training
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    solver = write_solver(tmp_path / "eta.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", display=1,
+                          net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
+    _, lines = run_trainer(lmdb_work, tmp_path / "run", monkeypatch, solver=solver, max_iter=6, val_interval=6)
+    rows = read_log(tmp_path / "run")
+    iters = [line for line in lines if line.startswith("iter ")]
+    assert len(iters) == len(rows) == 6
+    for line, row in zip(iters, rows):
+        eta = float(re.search(r" ETA (\S+)s", line).group(1))
+        want = (6 - int(row["iteration"])) * 32 / float(row["pairs_per_s"])      # 32 records per iteration
+        assert abs(eta - want) <= 0.5, (line, want)
+    assert float(re.search(r" ETA (\S+)s", iters[0]).group(1)) >= 2          # not rounded to 0: the clock is slow

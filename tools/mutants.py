@@ -7,9 +7,13 @@
 
 Each mutant is one AST node changed on one line (operators, comparisons, boolean operators,
 constants, a call statement replaced by ``pass``; strings and docstrings are left alone). For
-each mutant the module's own test selection (TARGETS: the test files that exercise it, fast
-ones) runs in a private copy of the work tree with ``pytest -x``; a failure or a timeout
-catches the mutant. Mutants listed in EQUIVALENT (no observable change, with the reason) are
+each mutant, tests of the module's own selection (TARGETS: the test files that exercise it, fast
+ones) run in a private copy of the work tree with ``pytest -x``; a failure or a timeout catches
+the mutant. Which tests: one traced run of the selection per module (tools/mutants_trace.py, in
+every Python process it starts) records the lines each test executes; a mutant runs the tests
+that executed its statement plus any test that started a process the recorder could not follow,
+and the whole selection when its line ran outside any test (imports) or in no traced test
+(``--no-select``: always the whole selection). Mutants listed in EQUIVALENT (no observable change, with the reason) are
 reported apart and left out of the score.
 
 Writes mutants/report.md (per-module score, survivors with their line) and mutants/report.json;
@@ -39,15 +43,17 @@ from virality.files import write_text_atomic  # noqa: E402
 # module -> pytest arguments: the tests that exercise it (slow paper-size tests left out).
 TARGETS = {
     "virality/model/ranking.py": ["tests/test_ranking_loss.py", "tests/test_metrics.py", "tests/test_config_effect.py"],
-    "virality/experiments/metrics.py": ["tests/test_metrics.py", "tests/test_workflow.py", "-k",
-                            "spearman or wilson or rankdata or pair_scores or pairwise or hand_made"],
+    "virality/experiments/metrics.py": ["tests/test_metrics.py", "tests/test_protocol.py", "tests/test_workflow.py", "-k",
+                            "test_metrics or spearman or wilson or rankdata or pair_scores or pairwise or hand_made "
+                            "or user_specific or image_bootstrap"],
     "virality/data/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
                           "tests/test_datasets_misc.py", "-k", "not ten_million"],
     "virality/train/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
                              "driver or dropper or validation or non_finite or resume"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
-    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_training_driver.py", "-k",
-                                   "layer or pair_index or resume or count_test_records"],
+    "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_pair_workers.py",
+                                   "tests/test_training_driver.py", "-k",
+                                   "layer or pair_index or resume or count_test_records or seek_all"],
 }
 
 #: (module, original line, mutated line) -> why the change cannot be observed. Lines as the report prints
@@ -66,6 +72,11 @@ _WIDTH = ("a wider key space (or a different floor for an empty one) keeps lo * 
 _GPU = "the GPU branch: not observable on the CPU-only machines the tests run on"
 _DRAWS = ("how many keys one round draws: the loop draws until it has enough, so only the speed changes "
           "(and which equally valid uniform sample a seed gives)")
+_BOOT = ("which equally valid bootstrap sample the fixed seed gives (the seed, or how many rounds are drawn at "
+         "once): the documented procedure (docs/PROTOCOL.md: 2000 rounds, images resampled, percentile) is the "
+         "same, and the report stays reproducible")
+_UNUSED = ("seek_python_feeds' return value (how many feeds it told to seek) is read by no caller (the driver, "
+           "virality/train/multigpu.py)")
 EQUIVALENT = {
     ("virality/data/pairs.py", "CHUNK = 1 << 24", "CHUNK = 1 << 25"): _LIMIT,
     ("virality/data/pairs.py", "CHUNK = 1 << 24", "CHUNK = 2 << 24"): _LIMIT,
@@ -147,6 +158,9 @@ EQUIVALENT = {
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size + have, n - have),'): _DRAWS,
     ("virality/data/pairs.py", 'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n - have),',
      'draws = rng.integers(0, space, size=_draw_count(space, space - excluded.size - have, n + have),'): _DRAWS,
+    ("virality/data/pairs.py", "tp = np.asarray(tp) if tp is not None else np.empty((0, 3))",
+     "tp = np.asarray(tp) if tp is not None else np.empty((0, 4))"):
+        "an empty array either way: the next line returns the (0, 3) empty pairs for any size-0 array",
     ("virality/data/pairs.py", "return np.empty((0, 3), dtype=np.int64)", "return np.empty((0, 4), dtype=np.int64)"):
         "an empty array of test pairs: its column count is never read",
     ("virality/data/pairs.py", "if lo >= 0 and hi < TABLE_LIMIT:", "if lo > 0 and hi < TABLE_LIMIT:"): _LOOKUP,
@@ -183,6 +197,32 @@ EQUIVALENT = {
      'winner = np.where(p[:, 2] >= 0, p[:, 0], p[:, 1])'): _PM1,
     ("virality/data/pairs.py", 'loser = np.where(p[:, 2] > 0, p[:, 1], p[:, 0])',
      'loser = np.where(p[:, 2] >= 0, p[:, 1], p[:, 0])'): _PM1,
+    ("virality/train/training.py", "return int(load_npy(path, mmap=True).shape[0])",
+     "return int(load_npy(path, mmap=False).shape[0])"):
+        "mapping the pair file only spares reading it to count its rows; the count (and the truncation check "
+        "of load_npy, which reads the header either way) is the same",
+    ("virality/experiments/metrics.py", "index = index.reshape(-1, 2)", "index = index.reshape(-2, 2)"): _RESHAPE,
+    ("virality/experiments/metrics.py", "while len(stats) < rounds:", "while len(stats) <= rounds:"):
+        "stats[:rounds] is kept after the loop: a batch drawn past the first `rounds` statistics is cut off",
+    ("virality/experiments/metrics.py", "BOOTSTRAP_SEED = 0", "BOOTSTRAP_SEED = 1"): _BOOT,
+    ("virality/experiments/metrics.py",
+     "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=256).astype(np.float64)",
+     "counts = rng.multinomial(images.size, np.full(images.size, 1.0 / images.size), size=257).astype(np.float64)"):
+        _BOOT,
+    ("virality/train/training.py", "return seek(iteration) if seek else 0", "return seek(iteration) if seek else 1"):
+        _UNUSED,
+    ("virality/train/training.py", "return 0", "return 1"): _UNUSED,
+    ("python_layers/pair_data.py", """self.source.check_ids(pairs[:, :2].reshape(-1), f"pair file {params['pairs']}")""",
+     """self.source.check_ids(pairs[:, :2].reshape(-2), f"pair file {params['pairs']}")"""): _RESHAPE,
+    ("python_layers/pair_data.py", '"prefetch": (3, int),', '"prefetch": (4, int),'):
+        "how many batches are prepared ahead: the same batches in the same order, only the memory changes",
+    ("python_layers/pair_data.py", '"cache_mb": (1024, int),', '"cache_mb": (1025, int),'):
+        "the decoded-store cache limit: the test stores are far below 1 GB either way, and a cached image is the "
+        "stored one",
+    ("virality/train/training.py", 'history = HISTORY_BLOBS.get(solver_type or "SGD", 2) * sum(distinct.values())',
+     'history = HISTORY_BLOBS.get(solver_type or "SGD", 3) * sum(distinct.values())'):
+        "every solver type Caffe 1.0 accepts is in HISTORY_BLOBS: the fallback only serves a type Caffe refuses "
+        "before any snapshot",
     ("virality/train/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/train/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
     ("virality/train/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
@@ -200,6 +240,7 @@ class Mutant:
     kind: str
     status: str = ""    # caught, survived, timeout, equivalent, error
     seconds: float = 0.0
+    tests: int = 0      # how many tests ran for it (0: the module's whole selection, TARGETS)
 
 
 # ------------------------------------------------------------------ generating mutants
@@ -321,33 +362,212 @@ def make_copy(base):
     return base
 
 
-def run_tests(copy, args, timeout):
-    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH)."""
-    env = dict(os.environ, PYTHONPATH=str(copy), GLOG_minloglevel="2", PYTHONDONTWRITEBYTECODE="1")
+def _kill_group(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_tests(copy, args, timeout, extra_path=(), extra_env=None, output=None):
+    """(status, seconds): pytest ``args`` in ``copy``; its modules shadow the work tree's (PYTHONPATH).
+    ``output``, a list, receives the end of pytest's output."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), *map(str, extra_path)]), GLOG_minloglevel="2",
+               PYTHONDONTWRITEBYTECODE="1", **(extra_env or {}))
     cmd = [str(copy / ".venv/bin/python"), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
            f"--basetemp={copy}/.pytest_tmp", *args]
     start = time.time()
+    # pytest in a session of its own: a timeout, or the end of the run, kills what it started too (a
+    # hung tools/train.py left behind would take a core from every later mutant).
+    proc = subprocess.Popen(cmd, cwd=copy, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        res = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.communicate()
         return "timeout", time.time() - start
+    except BaseException:
+        _kill_group(proc)
+        raise
+    _kill_group(proc)
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+    if output is not None:
+        output.append(out[-3000:])
     # 0 passed; 4 usage error and 5 no tests selected are errors of TARGETS; anything else (1 failed,
     # 2 interrupted, 3 internal error, < 0 Caffe aborted or crashed) means the tests noticed.
     status = {0: "survived", 4: "error", 5: "error"}.get(res.returncode, "caught")
     return status, time.time() - start
 
 
-def _worker(copy, jobs, results, timeouts, progress, partial):
+# ------------------------------------------------------------------ which tests can see a line
+
+@dataclass
+class Coverage:
+    """What one traced run of a module's selection executed (tools/mutants_trace.py records it)."""
+    order: list         # node ids, in run order
+    lines: dict         # node id -> set of lines it executed (its fixtures' lines included)
+    outside: set        # lines run outside any test (imports, collection, session end)
+    opaque: set         # node ids that started a process the recorder could not follow
+    seconds: dict = None   # node id -> seconds of the test, traced (its fixtures' setup included)
+    startup: float = 0.0   # seconds of the traced run outside any test (start-up, collection)
+
+    def timeout(self, tests, floor=60.0):
+        """A timeout for running ``tests`` alone: 3x their traced time, start-up included, at least
+        ``floor`` (tracing only adds time, so the margin is larger than 3x)."""
+        return max(floor, 3 * (self.startup + sum(self.seconds.get(t, 0.0) for t in tests)))
+
+
+def read_coverage(out):
+    """Coverage from a recording directory: session.json and the lines-<pid>.txt of every process."""
+    session = json.loads((out / "session.json").read_text())
+    by_ctx = {}
+    for path in sorted(out.glob("lines-*.txt")):
+        for row in path.read_text().splitlines():
+            ctx, _, line = row.rpartition("\t")
+            if ctx:                                     # a row cut short by a killed process is skipped
+                by_ctx.setdefault(ctx, set()).add(int(line))
+    lines, opaque, seconds = {}, set(), {}
+    for test in session["order"]:
+        ctxs = [test, *session["fixtures"].get(test, [])]
+        lines[test] = set().union(*(by_ctx.get(c, set()) for c in ctxs))
+        if any(c in session["opaque"] for c in ctxs):
+            opaque.add(test)
+        # a fixture another test set up is set up by this one when that test does not run
+        seconds[test] = session["seconds"].get(test, 0.0) + sum(session["fixture_seconds"].get(c, 0.0)
+                                                                for c in ctxs[1:])
+    return Coverage(session["order"], lines, by_ctx.get("<outside>", set()), opaque, seconds)
+
+
+def statement_lines(source):
+    """line -> the lines of the statements whose code that line belongs to: all lines of a simple
+    statement, the header lines of a compound one (``if``/``for``/``def`` ... up to its body). A
+    node of a multi-line statement may run under another of the statement's lines."""
+    out = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.stmt):
+            continue
+        body = [getattr(node, f) for f in ("body", "handlers", "orelse", "finalbody", "cases")
+                if isinstance(getattr(node, f, None), list) and getattr(node, f)]
+        last = min(b[0].lineno for b in body) - 1 if body else node.end_lineno
+        span = set(range(node.lineno, max(node.lineno, last) + 1))
+        for line in span:
+            out.setdefault(line, set()).update(span)
+    return out
+
+
+def function_body_lines(source):
+    """Lines inside a function body. The others (module level, class bodies, ``def`` lines with their
+    defaults and decorators) run once, at import, in whatever test first imports the module, and
+    what they define reaches every later test: a mutant there runs the whole selection."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):   # a module-level lambda: whole selection
+            for stmt in node.body:
+                out.update(range(stmt.lineno, stmt.end_lineno + 1))
+    return out
+
+
+def select_tests(coverage, lines):
+    """The node ids to run for a mutant on ``lines`` (run order), or None for the whole selection:
+    every test that executed one of the lines, and every opaque test; None when a line ran outside
+    any test or when no test executed any of them (it may run only where nothing was traced)."""
+    if lines & coverage.outside:
+        return None
+    seeing = [t for t in coverage.order if coverage.lines[t] & lines]
+    if not seeing:
+        return None
+    chosen = set(seeing) | coverage.opaque
+    # file by file as pytest ran them (module fixtures set up once), the quickest tests of a file first:
+    # with -x a caught mutant ends at its first failing test
+    files = list(dict.fromkeys(t.split("::")[0] for t in coverage.order))
+    seconds = coverage.seconds or {}
+    return sorted((t for t in coverage.order if t in chosen),
+                  key=lambda t: (files.index(t.split("::")[0]), seconds.get(t, 0.0)))
+
+
+_SITECUSTOMIZE = """# Written by tools/mutants.py for one recording run: trace the target module in every process.
+import importlib.machinery, os, sys
+import mutants_trace
+mutants_trace.start_from_env()
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(        # the sitecustomize this one shadows, if any
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here])
+if _spec is not None and _spec.loader is not None:
+    _spec.loader.exec_module(type(sys)("_shadowed_sitecustomize"))
+"""
+
+
+def coverage_inputs(module):
+    """sha1 of every file a module's recorded coverage depends on: the module, its test files (TARGETS),
+    tests/conftest.py and the recorder. A saved recording is reused only while all of them are unchanged."""
+    import hashlib
+    files = [module, "tests/conftest.py", "tools/mutants_trace.py"]
+    files += [a.split("::")[0] for a in TARGETS[module] if a.split("::")[0].endswith(".py")]
+    return {f: hashlib.sha1((ROOT / f).read_bytes()).hexdigest() for f in sorted(set(files))}
+
+
+def save_coverage(path, cov, baseline, inputs):
+    write_text_atomic(path, json.dumps(
+        {"inputs": inputs, "baseline": baseline, "order": cov.order,
+         "lines": {t: sorted(v) for t, v in cov.lines.items()}, "outside": sorted(cov.outside),
+         "opaque": sorted(cov.opaque), "seconds": cov.seconds, "startup": cov.startup}, indent=1))
+
+
+def load_coverage(path, inputs):
+    """(Coverage, baseline seconds) saved by an earlier run, or None when missing or made from other files."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if d.get("inputs") != inputs:
+        return None
+    cov = Coverage(d["order"], {t: set(v) for t, v in d["lines"].items()}, set(d["outside"]), set(d["opaque"]),
+                   d["seconds"], d["startup"])
+    return cov, d["baseline"]
+
+
+def record_coverage(copy, module, args, timeout):
+    """(Coverage or None when the tests fail, seconds): the module's selection run once, traced."""
+    site = copy / ".mutants_trace" / "site"
+    out = copy / ".mutants_trace" / module.replace("/", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    site.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
+    shutil.copy2(ROOT / "tools/mutants_trace.py", site / "mutants_trace.py")
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = {"MUTANTS_TRACE_FILE": str(copy / module), "MUTANTS_TRACE_OUT": str(out)}
+    output = []
+    status, seconds = run_tests(copy, ["-p", "mutants_trace", *args], timeout, extra_path=[site], extra_env=env,
+                                output=output)
+    if status != "survived":
+        print(f"mutants: the traced run of {module}'s tests ended {status}:\n{''.join(output)}", file=sys.stderr)
+        return None, seconds
+    coverage = read_coverage(out)
+    coverage.startup = max(0.0, seconds - sum(json.loads((out / "session.json").read_text())["seconds"].values()))
+    shutil.rmtree(out, ignore_errors=True)
+    return coverage, seconds
+
+
+def mutant_args(module, mutant, coverage, stmt_lines, body_lines):
+    """pytest arguments for one mutant: the tests that can see its line, else the module's selection."""
+    if coverage is None or mutant.line not in body_lines:
+        return TARGETS[module]
+    chosen = select_tests(coverage, stmt_lines.get(mutant.line, {mutant.line}))
+    return TARGETS[module] if chosen is None else chosen
+
+
+def _worker(copy, jobs, results, progress, partial):
     while True:
         try:
-            mutant, mutated = jobs.get_nowait()
+            mutant, mutated, args, timeout = jobs.get_nowait()
         except queue.Empty:
             return
         path = copy / mutant.module
         original = path.read_text()
         try:
             path.write_text(mutated)
-            mutant.status, mutant.seconds = run_tests(copy, TARGETS[mutant.module], timeouts[mutant.module])
+            mutant.status, mutant.seconds = run_tests(copy, args, timeout)
         finally:
             path.write_text(original)
         results.append(mutant)
@@ -355,30 +575,50 @@ def _worker(copy, jobs, results, timeouts, progress, partial):
         partial(results)
 
 
-def score_table(mutants, modules):
-    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score |",
-            "| --- | --- | --- | --- | --- | --- |"]
+def score_table(mutants, modules, totals=None):
+    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score | tests per mutant (median) "
+            "| test time (summed) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for module in modules:
         ms = [m for m in mutants if m.module == module]
         caught = sum(m.status in ("caught", "timeout") for m in ms)
         survived = sum(m.status in ("survived", "error") for m in ms)
         equivalent = sum(m.status == "equivalent" for m in ms)
         score = f"{100 * caught / (caught + survived):.1f}%" if caught + survived else "n/a"
-        rows.append(f"| {module} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} |")
+        ran = sorted(m.tests for m in ms if m.status != "equivalent" and m.seconds)
+        subset = [t for t in ran if t]
+        per = (f"{subset[len(subset) // 2]} ({len(ran) - len(subset)} ran all)" if subset else
+               ("all" if ran else ""))
+        seconds = sum(m.seconds for m in ms)
+        label = module
+        if totals and totals.get(module, 0) > len(ms):
+            label = f"{module} (run: {len(ms)} of its {totals[module]} mutants, in line order)"
+        rows.append(f"| {label} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} | {per} "
+                    f"| {seconds / 60:.1f} min |")
     return "\n".join(rows)
 
 
-def write_docs(table, seconds, jobs):
+def machine():
+    """The CPU in words ("AMD EPYC family 26 model 2, 2 cores"), for the measurements."""
+    info = {}
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = row.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = info.get("model name", "unknown CPU")
+    return f"{name} family {info.get('cpu family', '?')} model {info.get('model', '?')}, {os.cpu_count()} cores"
+
+
+def write_docs(table, note):
     doc = ROOT / "docs/TESTING.md"
     text = doc.read_text()
     start, end = "<!-- mutants:begin -->", "<!-- mutants:end -->"
     if start not in text or end not in text:
         raise SystemExit(f"mutants: {doc} lacks the markers {start} / {end}")
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    body = (f"{start}\n{table}\n\nMeasured {stamp} by `make mutants` ({jobs} worker(s), "
-            f"{seconds / 60:.1f} min wall time).\n{end}")
     head, rest = text.split(start, 1)
-    write_text_atomic(doc, head + body + rest.split(end, 1)[1])
+    write_text_atomic(doc, head + f"{start}\n{table}\n\n{note}\n{end}" + rest.split(end, 1)[1])
 
 
 def main(argv=None):
@@ -393,18 +633,39 @@ def main(argv=None):
                    help="run a seeded random sample of N mutants per module (the report says so)")
     p.add_argument("--retry", type=Path, metavar="REPORT_JSON",
                    help="run again only what an earlier run did not catch (and new mutants); keep its catches")
-    p.add_argument("--rescore", type=Path, metavar="REPORT_JSON",
-                   help="recompute the report of an earlier run with the current EQUIVALENT list; run nothing")
+    p.add_argument("--no-select", action="store_true",
+                   help="run the module's whole selection for every mutant (no traced run, no per-line choice)")
+    p.add_argument("--skip-new", action="store_true",
+                   help="with --retry: leave out mutants the earlier report does not have (re-run its survivors "
+                        "only; merge the reports with --rescore)")
+    p.add_argument("--reuse-coverage", type=Path, metavar="DIR",
+                   help="use the recording an earlier run saved in DIR (coverage-*.json) for each module whose "
+                        "source, test files, conftest and recorder are unchanged (sha1), instead of a traced run")
+    p.add_argument("--rescore", type=Path, nargs="+", metavar="REPORT_JSON",
+                   help="recompute the report of earlier runs (merged, in order; a later file's entry for a "
+                        "mutant wins) with the current EQUIVALENT list; run nothing")
+    p.add_argument("--docs-note", metavar="TEXT",
+                   help="with --write-docs: the text under the table (default: date, machine, workers, wall time, "
+                        "load of this run)")
     args = p.parse_args(argv)
     # SIGTERM ends the run like Ctrl-C: the copies are removed and the running pytest is killed.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if args.rescore:
-        results = [Mutant(**m) for m in json.loads(args.rescore.read_text())]
+        merged = {}
+        for path in args.rescore:
+            for m in json.loads(path.read_text()):
+                merged[(m["module"], m["line"], m["before"], m["after"])] = Mutant(**m)
+        results = list(merged.values())
         for m in results:
             if (m.module, m.before, m.after) in EQUIVALENT:
                 m.status = "equivalent"
         modules = list(dict.fromkeys(m.module for m in results))
-        write_report(results, modules, args.out, seconds=None, jobs=None, note=f"rescored from {args.rescore}")
+        table = write_report(results, modules, args.out, seconds=None, jobs=None,
+                             note="rescored from " + ", ".join(map(str, args.rescore)))
+        if args.write_docs:
+            write_docs(table, args.docs_note or f"Rescored {time.strftime('%Y-%m-%d', time.gmtime())} from "
+                       "earlier runs (no wall time recorded).")
+            print("mutants: docs/TESTING.md updated")
         return 0
 
     modules = args.modules if args.list in (None, "all") else [args.list]
@@ -423,33 +684,56 @@ def main(argv=None):
         return 0
     print(f"mutants: {sum(len(g) for g in generated.values())} mutants in {len(modules)} modules, "
           f"{args.jobs} worker(s); tests per module: TARGETS in {Path(__file__).name}", flush=True)
-    start = time.time()
+    start, load_start = time.time(), os.getloadavg()[1]
     with tempfile.TemporaryDirectory(prefix="virality-mutants-") as tmp:
         copies = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
-        timeouts = {}
+        timeouts, coverage = {}, {}
         for m in modules:          # the unmutated tests must pass; their time sets the timeout
-            status, seconds = run_tests(copies[0], TARGETS[m], timeout=1800)
+            saved = args.out / f"coverage-{m.replace('/', '_')}.json"
+            reused = None if args.no_select or not args.reuse_coverage else \
+                load_coverage(args.reuse_coverage / saved.name, coverage_inputs(m))
+            if args.no_select:
+                cov, (status, seconds) = None, run_tests(copies[0], TARGETS[m], timeout=1800)
+            elif reused is not None:
+                (cov, seconds), status = reused, "survived"
+                print(f"  {m}: coverage reused from {args.reuse_coverage} (same module, tests and recorder)")
+            else:                  # one traced run: which tests execute each line of m
+                cov, seconds = record_coverage(copies[0], m, TARGETS[m], timeout=3600)
+                status = "survived" if cov is not None else "caught"
             if status != "survived":
                 print(f"mutants: the tests of {m} fail without any mutant ({' '.join(TARGETS[m])}); fix them first",
                       file=sys.stderr)
                 return 2
-            timeouts[m] = max(60.0, 3 * seconds)
-            print(f"  baseline {m}: {seconds:.1f} s", flush=True)
+            timeouts[m], coverage[m] = max(60.0, 3 * seconds), cov
+            if cov is not None:     # kept: which tests saw which line (and for --reuse-coverage)
+                args.out.mkdir(parents=True, exist_ok=True)
+                save_coverage(saved, cov, seconds, coverage_inputs(m))
+            how = "" if cov is None else (f", traced: {len(cov.order)} tests, {len(cov.opaque)} opaque, "
+                                          f"{len(cov.outside)} lines run outside tests")
+            print(f"  baseline {m}: {seconds:.1f} s{how}", flush=True)
         jobs, results = queue.Queue(), []
         earlier = {}
         if args.retry:
             earlier = {(m["module"], m["before"], m["after"]): m for m in json.loads(args.retry.read_text())}
         for m in modules:
+            stmt_lines = statement_lines((ROOT / m).read_text())
+            body_lines = function_body_lines((ROOT / m).read_text())
             for mutant, mutated in generated[m]:
                 key = (mutant.module, mutant.before, mutant.after)
                 if key in EQUIVALENT:
                     mutant.status = "equivalent"
                     results.append(mutant)
+                elif args.skip_new and key not in earlier:
+                    continue
                 elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
+                    mutant.tests = earlier[key].get("tests", 0)
                     results.append(mutant)
                 else:
-                    jobs.put((mutant, mutated))
+                    chosen = mutant_args(m, mutant, coverage[m], stmt_lines, body_lines)
+                    mutant.tests = 0 if chosen is TARGETS[m] else len(chosen)
+                    timeout = timeouts[m] if mutant.tests == 0 else coverage[m].timeout(chosen)
+                    jobs.put((mutant, mutated, chosen, timeout))
         total, lock, already = jobs.qsize(), threading.Lock(), len(results)
 
         def progress(mutant):
@@ -466,24 +750,32 @@ def main(argv=None):
                 write_text_atomic(args.out / "partial.json", json.dumps([asdict(m) for m in done], indent=1))
 
         args.out.mkdir(parents=True, exist_ok=True)
-        threads = [threading.Thread(target=_worker, args=(c, jobs, results, timeouts, progress, partial))
+        threads = [threading.Thread(target=_worker, args=(c, jobs, results, progress, partial))
                    for c in copies]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     seconds = time.time() - start
-    note = ("sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())) if sampled else ""
+    notes = ["sampled: " + ", ".join(f"{m} {args.sample} of {n}" for m, n in sampled.items())] if sampled else []
+    notes += [f"{m}: per-line selection from a traced run of {len(c.order)} tests ({len(c.opaque)} opaque, "
+              f"run for every mutant)" if c else f"{m}: the whole selection for every mutant"
+              for m, c in coverage.items()]
+    note = "\n".join(notes)
     table = write_report(results, modules, args.out, seconds, args.jobs, note)
     if args.write_docs:
-        write_docs(table, seconds, args.jobs)
+        load = " / ".join(f"{x:.1f}" for x in (load_start, os.getloadavg()[1]))
+        write_docs(table, args.docs_note or
+                   f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {machine()} by `tools/mutants.py` "
+                   f"({args.jobs} worker(s), {seconds / 60:.1f} min wall time, 5-min load average {load} "
+                   f"at start / end).")
         print("mutants: docs/TESTING.md updated")
     return 0
 
 
 def write_report(results, modules, out, seconds, jobs, note=""):
     results.sort(key=lambda m: (modules.index(m.module), m.line, m.after))
-    table = score_table(results, modules)
+    table = score_table(results, modules, {m: len(generate(m, (ROOT / m).read_text())) for m in modules})
     when = time.strftime('%Y-%m-%d %H:%M', time.gmtime())
     took = f", {seconds / 60:.1f} min, {jobs} worker(s)" if seconds is not None else ""
     lines = [f"# Mutation testing ({when} UTC{took})", "", *([note, ""] if note else []), table, "",
