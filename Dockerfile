@@ -39,6 +39,9 @@ ARG CAFFE_CACHE_DIR=/opt/cache/virality-caffe
 # Ubuntu 22.04's protoc 3.12 generates code the C++-backed protobuf 4.21 runtime refuses: python
 # there. Debian 12's protoc 3.21 works with protobuf's default, upb (what `make venv` uses).
 ARG PROTOBUF_PYTHON=python
+# A CA bundle for pip behind a TLS-intercepting proxy, mounted into the build by
+# engine/images/build.sh (BUILD_CA); a build argument only, never part of the image.
+ARG PIP_CERT
 ENV DEBIAN_FRONTEND=noninteractive \
     CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=${CUDA_LIBS} USE_CUDNN=${USE_CUDNN} \
     USE_NCCL=${USE_NCCL} BLAS=${BLAS} \
@@ -53,6 +56,13 @@ WORKDIR /opt/virality-caffe
 COPY Makefile requirements.txt ./
 COPY engine/ engine/
 RUN make sysdeps && make venv
+# GPU images FROM the debootstrap base: the CUDA toolkit (nvcc) from NVIDIA's PyPI wheels pinned in
+# docker/<CUDA_TOOLKIT> (docker/cuda_toolkit.sh). Empty for the CPU image and on nvidia/cuda bases,
+# which bring their own toolkit.
+ARG CUDA_TOOLKIT=
+COPY docker/ docker/
+RUN if [ -n "$CUDA_TOOLKIT" ]; then bash docker/cuda_toolkit.sh "docker/$CUDA_TOOLKIT" .venv/bin/python; fi
+ENV PATH=/usr/local/cuda/bin:$PATH
 # apt's lists stay until here: a build that compiles fetches Caffe's source with apt-get source.
 RUN bash engine/images/seed_cache.sh /opt/engine-seed && make caffe && rm -rf /var/lib/apt/lists/*
 

@@ -16,6 +16,9 @@
 #   step (podman only), so a host engine with the same key is copied instead of compiled
 #   (engine/images/seed_cache.sh; the image's engine then lives at the host's cache path);
 #   ENGINE_SEED=0 compiles in the image. PODMAN_STORAGE_DRIVER (e.g. vfs) where overlay fails.
+#   BUILD_CA: a CA bundle pip needs to reach PyPI (default: $PIP_CERT, else $SSL_CERT_FILE, when
+#   set; our machines reach PyPI through a TLS-intercepting proxy), mounted read-only for the
+#   build's pip (build argument PIP_CERT), not copied into the image; BUILD_CA= turns it off.
 #   TAG overrides the image name. Extra arguments after the target go to the builder.
 set -euo pipefail
 
@@ -50,15 +53,30 @@ case "$builder" in
         ;;
     podman)
         bash "$HERE/install_tools.sh"
-        if [[ "$target" != "cpu" ]]; then
-            die "the $target image FROM the debootstrap base needs the CUDA toolchain from NVIDIA's wheels, which this recipe does not install yet (docs/ENGINE.md, \"Images\"); build it with a Docker daemon (IMAGE_BUILDER=docker)"
-        fi
+        case "$target" in
+            titanx)
+                # NVIDIA's CUDA 12 nvcc wheels (nvidia-cuda-nvcc-cu12 12.4.131, 12.9.86) hold ptxas only,
+                # no nvcc or cicc, and CUDA 13 no longer compiles for sm_52/sm_61.
+                die "the TITAN X-class image needs a CUDA <= 12 nvcc, which NVIDIA's PyPI wheels do not ship (nvidia-cuda-nvcc-cu12 holds ptxas only): build it with a Docker daemon FROM nvidia/cuda:11.8.0-devel-ubuntu22.04 (IMAGE_BUILDER=docker; docs/ENGINE.md, \"Images\")" ;;
+            current)
+                # CUDA 13 from the wheels: nvcc (docker/cuda13-toolkit.txt) and the libraries with
+                # cuDNN 9 and NCCL (engine/cuda_wheels.txt, CUDA_LIBS=wheels). CUDA 13 dropped sm_70.
+                cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=${CUDA_ARCH_BIN_CURRENT:-75 80 86 89 90}"
+                      --build-arg CUDA_LIBS=wheels --build-arg USE_CUDNN=1 --build-arg USE_NCCL=1
+                      --build-arg CUDA_TOOLKIT=cuda13-toolkit.txt) ;;
+        esac
         bash "$HERE/base.sh"
         args=(--isolation chroot --pull=never --layers --build-arg "BASE=$BASE_IMAGE" --build-arg PROTOBUF_PYTHON=upb)
         seed="${CAFFE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/virality-caffe}"
         if [[ "${ENGINE_SEED:-1}" == "1" && -d "$seed" ]]; then
             log "mounting the host's engine cache $seed read-only at /opt/engine-seed (ENGINE_SEED=0 compiles instead)"
             args+=(--volume "$seed:/opt/engine-seed:ro" --build-arg "CAFFE_CACHE_DIR=$seed")
+        fi
+        ca="${BUILD_CA-${PIP_CERT:-${SSL_CERT_FILE:-}}}"
+        if [[ -n "$ca" ]]; then
+            [[ -f "$ca" ]] || die "BUILD_CA='$ca' is not a file (a CA bundle for pip; BUILD_CA= for none)"
+            log "pip in the build trusts $ca (mounted read-only; BUILD_CA= for none)"
+            args+=(--volume "$(readlink -f "$ca"):/opt/build-ca/ca.crt:ro" --build-arg PIP_CERT=/opt/build-ca/ca.crt)
         fi
         log "podman build $tag FROM $BASE_IMAGE"
         podman ${PODMAN_STORAGE_DRIVER:+--storage-driver "$PODMAN_STORAGE_DRIVER"} build "${args[@]}" "${cuda[@]}" -t "$tag" "$@" .
