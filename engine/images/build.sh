@@ -14,7 +14,7 @@
 #            without a container runtime's namespaces for the build).
 # Settings: ENGINE_SEED=1 (default) mounts the host's engine cache read-only into the engine
 #   step (podman only), so a host engine with the same key is copied instead of compiled
-#   (engine/images/seed_cache.sh; the image's engine then lives at the host's cache path);
+#   (docker/seed_cache.sh; the image's engine then lives at the host's cache path);
 #   ENGINE_SEED=0 compiles in the image. PODMAN_STORAGE_DRIVER (e.g. vfs) where overlay fails.
 #   BUILD_CA: a CA bundle pip needs to reach PyPI (default: $PIP_CERT, else $SSL_CERT_FILE, when
 #   set; our machines reach PyPI through a TLS-intercepting proxy), mounted read-only for the

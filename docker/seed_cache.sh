@@ -7,23 +7,23 @@
 # (sources, patches, flags, Python/numpy, cmake and g++ versions), and the engine's RUNPATH must
 # name the image's cache directory (a Caffe build is not relocatable).
 #
-# Usage: engine/images/seed_cache.sh SEED   (SEED: the mounted cache root; CAFFE_CACHE_DIR: the image's)
+# Usage: docker/seed_cache.sh SEED   (SEED: the mounted cache root; CAFFE_CACHE_DIR: the image's)
 # Exits 0 whether or not it copied (a miss only means `make caffe` compiles); it says which.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SEED="${1:?usage: seed_cache.sh SEED (the mounted engine cache)}"
-DEST="${CAFFE_CACHE_DIR:?seed_cache.sh: CAFFE_CACHE_DIR must name the image's engine cache}"
+DEST="${CAFFE_CACHE_DIR:?seed_cache.sh: CAFFE_CACHE_DIR must name the engine cache of the image}"
 PY="${PY:-.venv/bin/python}"
 log() { echo "images: $*"; }
 
 [[ -d "$SEED" ]] || { log "no engine cache mounted at $SEED: make caffe builds the engine"; exit 0; }
-check="$(CAFFE_CACHE_DIR="$SEED" bash "$HERE/../build_caffe.sh" --python "$PY" --check 2>&1 || true)"
+check="$(CAFFE_CACHE_DIR="$SEED" bash "$HERE/../engine/build_caffe.sh" --python "$PY" --check 2>&1 || true)"
 key="$(grep -o 'engine-[0-9a-f]\{16\}' <<<"$check" | head -1 | cut -d- -f2)"
 [[ -n "$key" ]] || { log "could not read the engine key from build_caffe.sh --check: $check"; exit 0; }
 src="$SEED/engine-$key"
 if [[ ! -f "$src/.complete" ]]; then
-    log "the mounted cache has no complete engine-$key (the key in this image; toolchain or settings differ from the host's): make caffe builds it"
+    log "the mounted cache has no complete engine-$key (the key of this image: the host has not built it, or its toolchain or settings differ): make caffe builds it"
     exit 0
 fi
 lib="$(ls "$src"/lib/libcaffe.so.* | head -1)"
