@@ -78,9 +78,16 @@ case "$builder" in
             log "pip in the build trusts $ca (mounted read-only; BUILD_CA= for none)"
             args+=(--volume "$(readlink -f "$ca"):/opt/build-ca/ca.crt:ro" --build-arg PIP_CERT=/opt/build-ca/ca.crt)
         fi
+        iid="$(mktemp)"; trap 'rm -f "$iid"' EXIT
+        args+=(--iidfile "$iid")
         log "podman build $tag FROM $BASE_IMAGE"
         podman ${PODMAN_STORAGE_DRIVER:+--storage-driver "$PODMAN_STORAGE_DRIVER"} build "${args[@]}" "${cuda[@]}" -t "$tag" "$@" .
         ;;
     *) die "IMAGE_BUILDER='$builder': use docker or podman" ;;
 esac
+# podman build can exit 0 when it is stopped by a signal: the image ID it writes at the end is
+# what says it was built.
+if [[ "$builder" == "podman" && ! -s "$iid" ]]; then
+    die "podman build ended without writing an image ID: $tag was not built (stopped?)"
+fi
 log "built $tag with $builder in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
