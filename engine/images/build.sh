@@ -30,7 +30,10 @@ die() { echo "images: error: $*" >&2; exit 1; }
 
 target="${1:-}"; shift || true
 case "$target" in
-    cpu)     tag=virality-caffe:cpu;     cuda=(--build-arg CUDA=0);   docker_base=debian:12 ;;
+    # The CPU image leaves the CUDA settings unset (the Dockerfile's defaults are for nvidia/cuda
+    # bases): `make caffe CUDA=1` in it then gets the engine's defaults, as on a host.
+    cpu)     tag=virality-caffe:cpu;     docker_base=debian:12
+             cuda=(--build-arg CUDA=0 --build-arg CUDA_ARCH_BIN= --build-arg CUDA_LIBS= --build-arg USE_CUDNN= --build-arg USE_NCCL=) ;;
     titanx)  tag=virality-caffe:titanx;  cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=52 61")
              docker_base=nvidia/cuda:11.8.0-devel-ubuntu22.04 ;;
     current) tag=virality-caffe:current; cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=70 75 80 86 89 90")
