@@ -10,8 +10,9 @@
 # Directly, e.g.:
 #   docker build --build-arg BASE=nvidia/cuda:12.6.3-devel-ubuntu22.04 \
 #                --build-arg CUDA=1 --build-arg CUDA_ARCH_BIN="70 75 80 86 89 90" -t virality-caffe:current .
-#   podman build --isolation chroot --build-arg BASE=localhost/virality-base:bookworm --build-arg CUDA=0 \
-#                --build-arg PROTOBUF_PYTHON=upb -t virality-caffe:cpu .
+#   podman build --isolation chroot --pull=never --build-arg BASE=localhost/virality-base:bookworm \
+#                --build-arg CUDA=0 --build-arg PROTOBUF_PYTHON=upb -t virality-caffe:cpu .
+#                (engine/images/build.sh passes the exact arguments of each image)
 #   docker run --gpus all -it virality-caffe:titanx make train MODEL=alexnet_pvcnn GPU=0 WEIGHTS=...
 #
 # Why CUDA 11.8 for the TITAN X image on the nvidia/cuda base (docs/ENGINE.md, "GPU images"): it is
