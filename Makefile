@@ -32,7 +32,7 @@ NAME      ?=
 RUN       ?=
 POPULARITY ?=
 
-.PHONY: help sysdeps venv caffe env nets test third-party-model mutants demo data train eval table1 experiment bench bench-torch weights release docker docker-current docker-cpu clean-env
+.PHONY: help sysdeps venv caffe env nets test third-party-model mutants demo data train eval table1 experiment bench bench-torch weights release images-tools image-base docker docker-current docker-cpu clean-env
 
 help:
 	@echo "make demo     the main job on the embedded synthetic dataset (installs everything first)"
@@ -54,6 +54,8 @@ help:
 	@echo "make bench [QUICK=1]                                BENCHMARKS.md (make bench-torch first for PyTorch)"
 	@echo "make weights MODEL=bvlc_alexnet|VGG_ILSVRC_19_layers  fetch and verify Model Zoo weights"
 	@echo "make release MODEL=<model> [SNAPSHOT=...]           model directory for tools/predict.py"
+	@echo "make docker-cpu | docker | docker-current          the CPU / TITAN X-class / current GPU image"
+	@echo "                  (docker, or daemonless podman FROM a debootstrap base: make image-base; docs/ENGINE.md)"
 
 sysdeps:
 	@bash engine/install_system_deps.sh
@@ -133,17 +135,23 @@ weights: env
 release: env
 	$(PY) tools/release.py $(MODEL) $(if $(SNAPSHOT),--snapshot $(SNAPSHOT))
 
-# Images (no Docker engine runs on our CI machines: these are for users' machines).
+# Images (engine/images/build.sh): `docker build` where a Docker daemon answers, otherwise a
+# daemonless `podman build` FROM a Debian 12 base made here by debootstrap (pulls no image).
+# IMAGE_BUILDER=docker|podman chooses; docs/ENGINE.md, "Images".
+images-tools:
+	@bash engine/images/install_tools.sh
+
+image-base: images-tools
+	@bash engine/images/base.sh
+
 docker:
-	docker build --build-arg BASE=nvidia/cuda:11.8.0-devel-ubuntu22.04 --build-arg CUDA=1 \
-	    --build-arg CUDA_ARCH_BIN="52 61" -t virality-caffe:titanx .
+	@bash engine/images/build.sh titanx
 
 docker-current:
-	docker build --build-arg BASE=nvidia/cuda:12.6.3-devel-ubuntu22.04 --build-arg CUDA=1 \
-	    --build-arg CUDA_ARCH_BIN="70 75 80 86 89 90" -t virality-caffe:current .
+	@bash engine/images/build.sh current
 
 docker-cpu:
-	docker build --build-arg BASE=debian:12 --build-arg CUDA=0 -t virality-caffe:cpu .
+	@bash engine/images/build.sh cpu
 
 clean-env:
 	rm -rf $(VENV) $(ENGINE)

@@ -365,7 +365,8 @@ def test_ctrl_c_during_make_data_keeps_only_complete_outputs(tmp_path):
     make_data(d, out, "--num-pairs", "100", "--pair-lmdb", "none")
     proc = subprocess.Popen(make_data_cmd(d, out, "--num-pairs", "100", "--pair-lmdb", "none", "--sizes", "36", "64",
                                           "--workers", "1"),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})   # the line below must arrive as printed
     for line in proc.stdout:
         if "images_36_lmdb: up to date" in line:      # the next step builds images_64_lmdb
             break

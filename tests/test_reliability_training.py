@@ -1,6 +1,7 @@
 """Reliability of training (issue 14; docs/FAILURES.md): snapshots are complete or absent, the
 latest complete one is found, Ctrl-C/SIGTERM snapshot and say how to resume, a moved run resumes,
 and a full disk is an error naming the path."""
+import os
 import re
 import shlex
 import shutil
@@ -107,8 +108,11 @@ def test_disk_full_during_training_stops_before_the_snapshot_naming_the_last_com
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_snapshots_the_current_iteration_and_prints_the_resume_command(toy, tmp_path, signum):
     out = tmp_path / "run"
+    # Unbuffered: the test waits for a line the child prints; through a pipe Python's stdout is
+    # block-buffered unless the environment says otherwise (our hosts set PYTHONUNBUFFERED, the images not).
     proc = subprocess.Popen(train_cmd(toy, out, "--max-iter", "100000", "--snapshot-interval", "100000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
         if line.startswith("train: 100000 iterations from 0"):
             break
