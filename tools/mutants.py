@@ -48,8 +48,10 @@ TARGETS = {
                             "or user_specific or image_bootstrap"],
     "virality/data/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
                           "tests/test_datasets_misc.py", "-k", "not ten_million"],
-    "virality/train/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py", "-k",
-                             "driver or dropper or validation or non_finite or resume"],
+    "virality/train/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py",
+                                   "tests/test_reliability_training.py", "-k",
+                                   "driver or dropper or validation or non_finite or resume or signal or snapshot "
+                                   "or disk_full or refused"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
     "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_pair_workers.py",
                                    "tests/test_training_driver.py", "-k",
