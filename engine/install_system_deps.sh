@@ -4,11 +4,19 @@
 #
 # Idempotent: when every package is installed and the source entry exists it
 # returns at once without touching apt. Runs apt as root, or through sudo.
+#
+#   --packages FILE   install the packages of another list instead (one per line, # comments),
+#                     without the source entry: `make images-tools` (engine/images/apt-packages.txt).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PKG_LIST="$HERE/apt-packages.txt"
 SRC_LIST=/etc/apt/sources.list.d/virality-caffe-bullseye-src.sources
+NEED_SRC=1
+if [[ "${1:-}" == "--packages" ]]; then
+    [[ -f "${2:-}" ]] || { echo "error: --packages needs a package list file, got '${2:-}'" >&2; exit 2; }
+    PKG_LIST="$2"; NEED_SRC=0
+fi
 
 mapfile -t packages < <(grep -v '^\s*#' "$PKG_LIST" | sed '/^\s*$/d')
 
@@ -18,7 +26,7 @@ for pkg in "${packages[@]}"; do
     [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
 
-if [[ ${#missing[@]} -eq 0 && -f "$SRC_LIST" ]]; then
+if [[ ${#missing[@]} -eq 0 && ( "$NEED_SRC" == "0" || -f "$SRC_LIST" ) ]]; then
     exit 0
 fi
 
@@ -33,9 +41,10 @@ if [[ "$(id -u)" -eq 0 ]]; then
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     SUDO=(sudo)
 else
-    echo "error: installing system packages needs root. Run 'sudo make sysdeps' once," >&2
-    echo "or install these packages yourself: ${missing[*]:-(none)}" >&2
-    echo "and create $SRC_LIST with a Debian 11 (bullseye) deb-src entry (see docs/ENGINE.md)." >&2
+    echo "error: installing system packages needs root. Run the make target with sudo once," >&2
+    echo "or install these packages yourself: ${missing[*]:-(none)} (list: $PKG_LIST)" >&2
+    [[ "$NEED_SRC" == "0" ]] || \
+        echo "and create $SRC_LIST with a Debian 11 (bullseye) deb-src entry (see docs/ENGINE.md)." >&2
     exit 1
 fi
 
@@ -46,7 +55,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 # The source entry needs Debian's archive keyring (installed above: debian-archive-keyring).
-if [[ ! -f "$SRC_LIST" ]]; then
+if [[ "$NEED_SRC" == "1" && ! -f "$SRC_LIST" ]]; then
     echo "engine: adding the Debian 11 (bullseye) source entry $SRC_LIST (for apt-get source caffe)"
     keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     [[ -f "$keyring" ]] || { echo "error: $keyring missing; install debian-archive-keyring" >&2; exit 1; }
