@@ -219,8 +219,9 @@ def test_a_process_a_test_leaves_behind_is_killed_with_the_run(tmp_path):
         raise AssertionError(f"the test's child {pid} outlived the run")
 
 
-def test_the_score_leaves_out_equivalents_and_names_a_partial_run():
+def test_the_score_leaves_out_equivalents_names_the_timeouts_and_a_partial_run():
     ms = [mutants.Mutant("m.py", i, "a", "b", "constant", status, 1.0) for i, status in
           enumerate(["caught", "timeout", "caught", "survived", "equivalent"])]
     row = mutants.score_table(ms, ["m.py"], {"m.py": 9}).splitlines()[2]
-    assert row.startswith("| m.py (run: 5 of its 9 mutants, in line order) | 5 | 3 | 1 | 1 | 75.0% |")
+    # 3 caught (one of them a timeout), 1 survived, 1 equivalent: 3 / 4
+    assert row.startswith("| m.py (run: 5 of its 9 mutants, in line order) | 5 | 3 | 1 | 1 | 1 | 75.0% |")

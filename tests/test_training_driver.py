@@ -20,8 +20,9 @@ from caffe.proto import caffe_pb2
 from google.protobuf import text_format
 
 from virality.model.generated import generate
+from virality.train.preflight import RunError
 from virality.train.training import (CsvLog, NonFiniteLoss, PlateauDropper, TrainConfig, Trainer, check_data_sources,
-                               count_test_records, read_solver, resolve_net_path, validate)
+                                     count_test_records, iteration_seed, read_solver, resolve_net_path, validate)
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -70,13 +71,13 @@ def read_log(out):
         return list(csv.DictReader(f))
 
 
-def run_trainer(work, out, monkeypatch, solver=None, **overrides):
+def run_trainer(work, out, monkeypatch, solver=None, progress=None, **overrides):
     """Train in this process (Caffe resolves data sources from the cwd); returns the log lines."""
     monkeypatch.chdir(work)
     cfg = TrainConfig(solver_path=solver or work / "solvers/tiny_pvcnn.prototxt", out_dir=out, workdir=work,
                       **overrides)
     lines = []
-    final = Trainer(cfg, log=lines.append).run()
+    final = Trainer(cfg, log=lines.append, progress=progress).run()
     return final, lines
 
 
@@ -513,7 +514,10 @@ def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tm
     monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
     solver = write_solver(tmp_path / "eta.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", display=1,
                           net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
-    _, lines = run_trainer(lmdb_work, tmp_path / "run", monkeypatch, solver=solver, max_iter=6, val_interval=6)
+    calls = []
+    _, lines = run_trainer(lmdb_work, tmp_path / "run", monkeypatch, solver=solver, max_iter=6, val_interval=6,
+                           progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]        # the caller's progress bar moves with every progress line
     rows = read_log(tmp_path / "run")
     iters = [line for line in lines if line.startswith("iter ")]
     assert len(iters) == len(rows) == 6
@@ -522,3 +526,33 @@ def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tm
         want = (6 - int(row["iteration"])) * 32 / float(row["pairs_per_s"])      # 32 records per iteration
         assert abs(eta - want) <= 0.5, (line, want)
     assert float(re.search(r" ETA (\S+)s", iters[0]).group(1)) >= 2          # not rounded to 0: the clock is slow
+
+
+# ------------------------------------------------------------------ seeds
+
+def test_iteration_seeds_are_the_documented_formula_within_caffes_range():
+    """(seed * 1000003 + iteration + 7919 * rank) mod 2**32, by hand. The formula decides every run's Dropout
+    masks, so changing it changes the numbers of every run trained before with the same seed."""
+    assert iteration_seed(1701, 5) == 1701005108                 # 1701 * 1000003 = 1701005103, + 5
+    assert iteration_seed(1701, 5, rank=2) == 1701020946         # + 2 * 7919 = 15838
+    assert iteration_seed(2 ** 32 - 1, 3) == 4293967296          # (-1000003 + 3) mod 2**32 = 2**32 - 1000000
+
+
+def test_the_largest_seed_trains(lmdb_work, tmp_path, monkeypatch):
+    """Caffe's seed is an unsigned 32-bit int: 2**32 - 1 is a valid seed, and its per-iteration seeds
+    (about 4e15 before the modulo) must still fit."""
+    final, _ = run_trainer(lmdb_work, tmp_path / "run", monkeypatch, max_iter=2, val_interval=2, seed=2 ** 32 - 1)
+    assert Path(final).exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2 ** 32, 1.5, True])
+def test_a_seed_caffe_cannot_take_is_refused_by_name(tmp_path, seed):
+    with pytest.raises(RunError, match=f"seed {seed!r}: give a whole number from 0 to 4294967295"):
+        TrainConfig(solver_path=tmp_path / "s.prototxt", out_dir=tmp_path, workdir=tmp_path, seed=seed)
+
+
+def test_the_tool_refuses_a_negative_seed_before_it_starts(tmp_path):
+    res = subprocess.run([PY, str(ROOT / "tools/train.py"), "--model", "tiny_pvcnn", "--out", str(tmp_path / "o"),
+                          "--seed", "-1"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "argument --seed: seed -1: give a whole number from 0 to 4294967295" in res.stderr
+    assert not (tmp_path / "o").exists()

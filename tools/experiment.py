@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from virality.paths import ROOT
+from virality.train.preflight import seed_argument
 
 
 def parse_args(argv):
@@ -62,7 +63,7 @@ def parse_args(argv):
     p.add_argument("--weights", type=Path, help="ImageNet weights for alexnet/vgg19 towers (docs/WEIGHTS.md)")
     p.add_argument("--max-iter", type=int, default=0, help="iterations (default: the model's schedule)")
     p.add_argument("--gpu", type=int, help="GPU id (default: CPU)")
-    p.add_argument("--seed", type=int, default=1701, help="training seed (numpy and Caffe)")
+    p.add_argument("--seed", type=seed_argument, default=1701, help="training seed (numpy and Caffe)")
     p.add_argument("--verbose", action="store_true", help="print Caffe's whole log (default: <run>/caffe.log)")
     return p.parse_args(argv)
 

@@ -227,9 +227,10 @@ EQUIVALENT = {
         "before any snapshot",
     ("virality/train/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/train/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
-    ("virality/train/training.py", "caffe.set_random_seed(cfg.seed * 1000003 + it)",
-     "caffe.set_random_seed(cfg.seed * 1000004 + it)"):
-        "any one-to-one map of (seed, iteration) to Caffe's seed gives the same exact resume; the constant is ours",
+    ("virality/train/training.py", "self.bad = 0        # validations since the last gain",
+     "self.bad = 1        # validations since the last gain"):
+        "PlateauDropper's initial count: the first validation is always a gain over best = -inf (the accuracies "
+        "are finite: both count right answers), which sets bad = 0 before the count is read",
 }
 
 
@@ -578,12 +579,13 @@ def _worker(copy, jobs, results, progress, partial):
 
 
 def score_table(mutants, modules, totals=None):
-    rows = ["| module | mutants | caught | survived | equivalent (excluded) | score | tests per mutant (median) "
-            "| test time (summed) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| module | mutants | caught | of which timeouts | survived | equivalent (excluded) | score "
+            "| tests per mutant (median) | test time (summed) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for module in modules:
         ms = [m for m in mutants if m.module == module]
         caught = sum(m.status in ("caught", "timeout") for m in ms)
+        timeouts = sum(m.status == "timeout" for m in ms)
         survived = sum(m.status in ("survived", "error") for m in ms)
         equivalent = sum(m.status == "equivalent" for m in ms)
         score = f"{100 * caught / (caught + survived):.1f}%" if caught + survived else "n/a"
@@ -595,7 +597,7 @@ def score_table(mutants, modules, totals=None):
         label = module
         if totals and totals.get(module, 0) > len(ms):
             label = f"{module} (run: {len(ms)} of its {totals[module]} mutants, in line order)"
-        rows.append(f"| {label} | {len(ms)} | {caught} | {survived} | {equivalent} | {score} | {per} "
+        rows.append(f"| {label} | {len(ms)} | {caught} | {timeouts} | {survived} | {equivalent} | {score} | {per} "
                     f"| {seconds / 60:.1f} min |")
     return "\n".join(rows)
 

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from virality.paths import ROOT
+from virality.train.preflight import seed_argument
 
 
 def parse_args(argv):
@@ -44,7 +45,7 @@ def parse_args(argv):
     p.add_argument("--patience", type=int, default=3, help="plateau: validations without improvement before a drop")
     p.add_argument("--max-iter", type=int, default=0, help="override the solver's max_iter")
     p.add_argument("--snapshot-interval", type=int, default=0, help="override the solver's snapshot interval")
-    p.add_argument("--seed", type=int, default=1701, help="seed of numpy and Caffe")
+    p.add_argument("--seed", type=seed_argument, default=1701, help="seed of numpy and Caffe")
     p.add_argument("--out", type=Path, help="output directory (default models/<model>)")
     p.add_argument("--from-scratch", action="store_true",
                    help="train an alexnet/vgg19 model without ImageNet weights on purpose (said loudly, recorded)")

@@ -273,7 +273,7 @@ def _follow(config, rank, world, backend, conn, allreduce, leader_pid):
     import gc
 
     import caffe
-    from virality.train.training import close_python_feeds, read_solver, seek_python_feeds
+    from virality.train.training import close_python_feeds, iteration_seed, read_solver, seek_python_feeds
 
     if config.gpu is not None:
         caffe.set_device(config.gpu)
@@ -305,9 +305,7 @@ def _follow(config, rank, world, backend, conn, allreduce, leader_pid):
             else:
                 nccl = _nccl_attach(solver, uid)
         elif message[0] == "step":
-            # The seed of an iteration is a function of (seed, iteration, rank): dropout masks differ
-            # between ranks, as they would between the images of one large batch.
-            caffe.set_random_seed(config.seed * 1000003 + message[1] + 7919 * rank)
+            caffe.set_random_seed(iteration_seed(config.seed, message[1], rank))
             solver.step(1)
     close_python_feeds()
     solver = nccl = None

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from virality.files import write_text_atomic
-from virality.model.nets import get_model
 
 RUN_RECORD = "run.json"
 SCRATCH_BANNER = ("!" * 78 + "\n!!! {model}: TRAINING FROM SCRATCH (random initialisation, no ImageNet weights).\n"
@@ -27,11 +26,34 @@ SCRATCH_BANNER = ("!" * 78 + "\n!!! {model}: TRAINING FROM SCRATCH (random initi
                   "!!! with Table 1. Recorded in {record}.\n" + "!" * 78)
 
 
+#: Caffe's seed is an unsigned 32-bit int (caffe.set_random_seed refuses anything else).
+SEED_LIMIT = 2 ** 32
+
+
 class RunError(ValueError):
     """A run that must not start as configured."""
 
 
+def check_seed(seed):
+    """A training seed is a whole number in [0, 2**32): Caffe's seed is an unsigned 32-bit int."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise RunError(f"seed {seed!r}: give a whole number from 0 to {SEED_LIMIT - 1} "
+                       "(Caffe's seed is an unsigned 32-bit int)")
+    return seed
+
+
+def seed_argument(text):
+    """argparse ``type=`` for a training seed: the check above, said as a usage error."""
+    import argparse
+    try:
+        return check_seed(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if isinstance(err, RunError) else
+                                         f"seed {text!r}: give a whole number") from None
+
+
 def needs_pretrained(model_name):
+    from virality.model.nets import get_model     # here: the tools parse their arguments before Caffe loads
     return bool(get_model(model_name).architecture.pretrained)
 
 

@@ -39,6 +39,7 @@ from virality.outputs import OutputLock
 from virality.model.ranking import pairwise_accuracy
 from virality.train.snapshots import commit, prepare_staging, restorable, staging_prefix
 from virality.pretrained.weights import read_net_param
+from virality.train.preflight import SEED_LIMIT, check_seed
 
 MAX_LR_DROPS = 3  # Sec. 3: the learning rate was decreased three times
 
@@ -101,6 +102,16 @@ class TrainConfig:
     snapshot_interval: int = 0       # 0: the solver's snapshot
     seed: int = 1701
     display: int = 0                 # 0: the solver's display
+
+    def __post_init__(self):
+        check_seed(self.seed)
+
+
+def iteration_seed(seed, iteration, rank=0):
+    """Caffe's seed for one iteration (its Dropout masks) on one rank: a fixed function of (seed, iteration,
+    rank), so that a resumed run draws the same masks as an unbroken one and the ranks of a multi-GPU run draw
+    different ones (as the images of one large batch would); within Caffe's 32-bit range for every seed."""
+    return (seed * 1000003 + iteration + 7919 * rank) % SEED_LIMIT
 
 
 def read_solver(path):
@@ -189,7 +200,7 @@ class PlateauDropper:
         self.min_delta = min_delta
         self.max_drops = max_drops
         self.best = -math.inf
-        self.bad = 0
+        self.bad = 0        # validations since the last gain
         self.drops = 0
 
     def update(self, accuracy):
@@ -410,7 +421,7 @@ class Trainer:
             stop.__enter__()
             while solver.iter < max_iter:
                 it = solver.iter
-                caffe.set_random_seed(cfg.seed * 1000003 + it)
+                caffe.set_random_seed(iteration_seed(cfg.seed, it))
                 if self.parallel is not None:
                     self.parallel.before_step(it)
                 solver.step(1)
