@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -175,6 +177,30 @@ def test_a_runs_solver_trains_from_another_working_directory(root, caffe_cli, tw
     assert (run.train_dir / "tiny_pvcnn_iter_4.caffemodel").is_file()
     assert (run.train_dir / "tiny_pvcnn_iter_2.solverstate").is_file()
     assert not list(elsewhere.iterdir()), "nothing may be written to the working directory"
+
+
+def test_ctrl_c_stops_an_experiment_with_a_snapshot_and_says_how_to_continue(root, two_datasets):
+    """SIGINT during `tools/experiment.py`'s training: the driver snapshots the iteration it finished, and the
+    tool says so in one line and exits 128 + SIGINT (no traceback)."""
+    base, a, _ = two_datasets
+    runs = base / "runs-stop"
+    cmd = [sys.executable, str(root / "tools/experiment.py"), "--scores", str(a), "--images", str(a.parent / "photos"),
+           "--model", "tiny_pvcnn", "--runs-dir", str(runs), "--name", "tiny-stop", "--max-iter", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if "train: 100000 iterations from 0" in line:
+            break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    m = re.search(r"experiment: stopped by SIGINT at iteration (\d+); snapshot (\S+); the same command continues "
+                  r"from that snapshot", stderr)
+    assert m, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert Path(m.group(2)) == runs / "tiny-stop/train" / f"tiny_pvcnn_iter_{m.group(1)}.solverstate"
+    assert Path(m.group(2)).is_file()
 
 
 PLAN_SCRIPT = """

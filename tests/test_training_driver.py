@@ -8,8 +8,11 @@ multistep schedule, the plateau rule of docs/TRAINING.md), never from the driver
 - overrides, snapshots, the CSV log, resume of the plateau state, initial weights.
 """
 import csv
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -556,3 +559,54 @@ def test_the_tool_refuses_a_negative_seed_before_it_starts(tmp_path):
                           "--seed", "-1"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "argument --seed: seed -1: give a whole number from 0 to 4294967295" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------ stop requests (SIGINT, SIGTERM)
+
+def test_interrupted_says_the_signal_the_iteration_and_the_snapshot():
+    from virality.train.training import Interrupted
+    err = Interrupted(signal.SIGTERM, 7, Path("/runs/a/tiny_pvcnn_iter_7.solverstate"))
+    assert str(err) == "SIGTERM at iteration 7; snapshot /runs/a/tiny_pvcnn_iter_7.solverstate"
+    assert (err.signum, err.iteration) == (signal.SIGTERM, 7)
+
+
+def test_the_first_signal_asks_to_stop_and_a_second_one_acts_at_once():
+    """The first SIGTERM is only recorded (the loop stops after its iteration, with a snapshot); it puts the
+    previous handler back, so a second SIGTERM reaches that handler at once; leaving restores it too."""
+    from virality.train.training import StopRequests
+    seen = []
+    outer = lambda signum, frame: seen.append(signum)      # noqa: E731
+    old = signal.signal(signal.SIGTERM, outer)
+    try:
+        with StopRequests() as stop:
+            assert signal.getsignal(signal.SIGTERM) is not outer
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM and seen == []
+            assert signal.getsignal(signal.SIGTERM) is outer
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is outer
+        with StopRequests():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is outer and signal.getsignal(signal.SIGINT) is not None
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_stop_requests_outside_the_main_thread_leave_the_signals_alone():
+    """Python refuses signal handlers outside the main thread: there StopRequests installs none (a trainer run
+    from a worker thread still trains) instead of raising."""
+    from virality.train.training import StopRequests
+    before = signal.getsignal(signal.SIGTERM)
+    errors, signums = [], []
+
+    def work():
+        try:
+            with StopRequests() as stop:
+                signums.append(stop.signum)
+        except Exception as err:           # noqa: BLE001 - the test reports it
+            errors.append(err)
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert errors == [] and signums == [None] and signal.getsignal(signal.SIGTERM) is before

@@ -80,6 +80,7 @@ def main(argv=None):
     from virality.datasets.registry import dataset_options
     from virality.model.nets import FEEDS, MODELS, get_model
     from virality.experiments.runs import DataSource, RunDir, RunError, RunSpec, small_test_warning
+    from virality.train.training import Interrupted
 
     if args.model not in MODELS or args.feed not in FEEDS:
         print(f"experiment: error: unknown --model {args.model} or --feed {args.feed}", file=sys.stderr)
@@ -132,6 +133,9 @@ def main(argv=None):
             if topic is not None:
                 topic.run(summary, gpu=args.gpu)
             run.run(summary, gpu=args.gpu)
+    except Interrupted as err:
+        print(f"experiment: stopped by {err}; the same command continues from that snapshot", file=sys.stderr)
+        return 128 + err.signum
     except (RunError, ValueError, OSError) as err:
         print(f"experiment: error: {err}", file=sys.stderr)
         return 2

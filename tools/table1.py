@@ -56,6 +56,7 @@ def main(argv=None):
     caffe_log = caffe_logging(out / "caffe.log", args.verbose)      # before Caffe loads
     from virality.experiments.plan import PlanRunner, check_plan, table1_plan
     from virality.experiments.runs import DataSource, RunError
+    from virality.train.training import Interrupted
 
     archs = args.archs or (["tiny"] if args.dataset == "synthetic" else ["alexnet", "vgg19"])
     weights = {}
@@ -90,6 +91,10 @@ def main(argv=None):
         print(f"table1: {len(entries)} runs under {out}: " + ", ".join(e.name for e in entries), flush=True)
         report = PlanRunner(entries, out, title=f"Table 1 on {args.dataset}", gpu=args.gpu,
                             log=lambda m: print(f"table1: {m}", flush=True)).run()
+    except Interrupted as err:
+        print(f"table1: stopped by {err}; the same command skips the finished runs and continues this one from "
+              "that snapshot", file=sys.stderr)
+        return 128 + err.signum
     except (RunError, ValueError, OSError) as err:
         print(f"table1: error: {err}", file=sys.stderr)
         return 2
