@@ -15,12 +15,12 @@
 #                (engine/images/build.sh passes the exact arguments of each image)
 #   docker run --gpus all -it virality-caffe:titanx make train MODEL=alexnet_pvcnn GPU=0 WEIGHTS=...
 #
-# Why CUDA 11.8 for the TITAN X image on the nvidia/cuda base (docs/ENGINE.md, "GPU images"): it is
-# the newest toolkit that still builds for sm_52/sm_61 without deprecation. Why USE_CUDNN=0
-# USE_NCCL=0 there, while they are on by default in `make caffe CUDA=1`: the engine takes cuDNN 9
-# (engine patch 0009) and NCCL from NVIDIA's CUDA 13 wheels (engine/cuda_wheels.txt), and these
-# images build with the CUDA 11.8 / 12.6 toolkits of their base (CUDA_LIBS=toolkit), which hold
-# neither; Caffe's own CUDA kernels (im2col + cuBLAS GEMM) run every layer.
+# Why CUDA 11.8 for the TITAN X image (docs/ENGINE.md, "Images"): CUDA 13 no longer compiles for
+# sm_52/sm_61, and NVIDIA's PyPI wheels hold no CUDA 11/12 nvcc. With podman (FROM the debootstrap
+# base) it comes from Debian's non-free archive, with cuDNN 9.10 and NCCL from NVIDIA's CUDA 11
+# wheels (engine/cuda_wheels.txt [cuda11]). The defaults below are for the Docker-daemon builds FROM
+# nvidia/cuda:11.8 / 12.6 bases (CUDA_LIBS=toolkit), whose toolkits hold neither cuDNN nor NCCL:
+# USE_CUDNN=0 USE_NCCL=0 there, and Caffe's own CUDA kernels (im2col + cuBLAS GEMM) run every layer.
 #
 # An engine cache mounted at /opt/engine-seed during the build (engine/images/build.sh does it with
 # podman's --volume) is used only when it holds the very engine this image's toolchain would build
@@ -34,6 +34,9 @@ ARG BLAS=scipy-openblas
 ARG CUDA_LIBS=toolkit
 ARG USE_CUDNN=0
 ARG USE_NCCL=0
+# The C compiler nvcc runs (engine/cuda_build.sh): gcc-11 for CUDA 11.8 on the debootstrap base,
+# whose default gcc 12 CUDA 11.8 refuses; empty: CMake's default.
+ARG CUDA_HOST_COMPILER=
 # Where the engine lives in the image. A Caffe build is not relocatable (its install prefix is in
 # its RUNPATH), so a build that reuses the host's engine passes the host's cache path here.
 ARG CAFFE_CACHE_DIR=/opt/cache/virality-caffe
@@ -45,7 +48,7 @@ ARG PROTOBUF_PYTHON=python
 ARG PIP_CERT
 ENV DEBIAN_FRONTEND=noninteractive \
     CUDA=${CUDA} CUDA_ARCH_BIN=${CUDA_ARCH_BIN} CUDA_LIBS=${CUDA_LIBS} USE_CUDNN=${USE_CUDNN} \
-    USE_NCCL=${USE_NCCL} BLAS=${BLAS} \
+    USE_NCCL=${USE_NCCL} CUDA_HOST_COMPILER=${CUDA_HOST_COMPILER} BLAS=${BLAS} \
     XDG_CACHE_HOME=/opt/cache CAFFE_CACHE_DIR=${CAFFE_CACHE_DIR} \
     PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=${PROTOBUF_PYTHON}
 
@@ -57,9 +60,10 @@ WORKDIR /opt/virality-caffe
 COPY Makefile requirements.txt ./
 COPY engine/ engine/
 RUN make sysdeps && make venv
-# GPU images FROM the debootstrap base: the CUDA toolkit (nvcc) from NVIDIA's PyPI wheels pinned in
-# docker/<CUDA_TOOLKIT> (docker/cuda_toolkit.sh). Empty for the CPU image and on nvidia/cuda bases,
-# which bring their own toolkit.
+# GPU images FROM the debootstrap base: the CUDA toolkit (nvcc) of docker/<CUDA_TOOLKIT>
+# (docker/cuda_toolkit.sh): CUDA 13.0 from NVIDIA's PyPI wheels (cuda13-toolkit.txt) or CUDA 11.8
+# from Debian's non-free archive (cuda11-debian.txt). Empty for the CPU image and on nvidia/cuda
+# bases, which bring their own toolkit.
 ARG CUDA_TOOLKIT=
 COPY docker/ docker/
 RUN if [ -n "$CUDA_TOOLKIT" ]; then bash docker/cuda_toolkit.sh "docker/$CUDA_TOOLKIT" .venv/bin/python; fi

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Inside an image build: a CUDA toolkit (nvcc, cicc, the CUDA runtime, CCCL) from NVIDIA's PyPI
-# wheels instead of an nvidia/cuda base image. The wheels land in one `pip install --target`
-# tree (nvidia/cu<major>/{bin,include,lib,nvvm}); this adds what nvcc's own nvcc.profile and
-# CMake's FindCUDA expect of a toolkit (targets/x86_64-linux/{include,lib}, lib64, unversioned
-# libcudart.so / libnvvm.so) and links the tree as /usr/local/cuda-<major>.<minor> and
-# /usr/local/cuda, whose bin/ the Dockerfile puts on PATH.
+# Inside an image build: a CUDA toolkit (nvcc, cicc, the CUDA runtime) instead of an nvidia/cuda
+# base image, from one of two sources, by the pin file:
+#
+# - NVIDIA's PyPI wheels (docker/cuda13-toolkit.txt: pip requirement lines). They land in one
+#   `pip install --target` tree (nvidia/cu<major>/{bin,include,lib,nvvm}); this adds what nvcc's
+#   own nvcc.profile and CMake's FindCUDA expect of a toolkit (targets/x86_64-linux/{include,lib},
+#   lib64, unversioned libcudart.so / libnvvm.so) and links the tree as
+#   /usr/local/cuda-<major>.<minor> and /usr/local/cuda, whose bin/ the Dockerfile puts on PATH.
+# - Debian's non-free archive (docker/cuda11-debian.txt: `apt: PACKAGE` and `unpack: PACKAGE=VERSION`
+#   lines): `apt:` packages are installed; `unpack:` packages are downloaded from non-free (enabled
+#   for this step only) and unpacked into / without being installed (see that file for why); their
+#   nvcc is /usr/bin/nvcc, already on PATH.
 #
 # Usage: docker/cuda_toolkit.sh PINS PYTHON    e.g. docker/cuda_toolkit.sh docker/cuda13-toolkit.txt .venv/bin/python
 # Settings: CUDA_WHEELS_DIR (default /opt/cuda-wheels), CUDA_LINK_PREFIX (default /usr/local: where
@@ -14,6 +20,45 @@ pins="${1:?usage: cuda_toolkit.sh PINS PYTHON}"; py="${2:?usage: cuda_toolkit.sh
 log() { echo "images: $*"; }
 die() { echo "images: error: $*" >&2; exit 1; }
 [[ -f "$pins" ]] || die "no pin file '$pins' (e.g. docker/cuda13-toolkit.txt)"
+
+debian_toolkit() {
+    local list="$1" mirror sources=/etc/apt/sources.list.d/virality-non-free.list
+    mapfile -t apt_pkgs < <(sed -n 's/^apt:[[:space:]]*//p' "$list")
+    mapfile -t unpack < <(sed -n 's/^unpack:[[:space:]]*//p' "$list")
+    mirror="$(sed -n 's/^deb \(http[^ ]*\) bookworm main.*/\1/p' /etc/apt/sources.list 2>/dev/null | head -1)"
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    log "CUDA toolkit from Debian's non-free archive ($mirror): installing ${apt_pkgs[*]}; unpacking ${unpack[*]}"
+    echo "deb $mirror bookworm non-free" > "$sources"
+    apt-get update -q >/dev/null || die "apt-get update with $sources failed"
+    apt-get install -y -q --no-install-recommends "${apt_pkgs[@]}" >/dev/null || die "could not install ${apt_pkgs[*]}"
+    local debs; debs="$(mktemp -d)"
+    (cd "$debs" && apt-get download -q "${unpack[@]}" >/dev/null) || die "could not download ${unpack[*]} from non-free"
+    rm -f "$sources"; apt-get update -q >/dev/null
+    local deb
+    for deb in "$debs"/*.deb; do dpkg -x "$deb" /; done
+    # nvidia-cuda-dev's static libraries (2.6 GB) but the CUDA runtime's, and its .so links to the
+    # libraries that are not unpacked (cuBLAS, cuFFT, ...: Caffe takes cuBLAS/cuRAND from the wheels).
+    local so
+    for deb in "$debs"/nvidia-cuda-dev_*.deb; do
+        while read -r so; do
+            so="/${so#./}"
+            case "$so" in
+                */libcudart_static.a|*/libcudadevrt.a|*/libculibos.a) ;;
+                *_static*.a) rm -f "$so" ;;
+                *.so) [[ -e "$so" ]] || rm -f "$so" ;;
+            esac
+        done < <(dpkg-deb --fsys-tarfile "$deb" | tar -t)
+    done
+    rm -rf "$debs" /usr/share/doc/nvidia-cuda-* /usr/share/man/man1/nvcc*
+    command -v nvcc >/dev/null && [[ -x /usr/lib/nvidia-cuda-toolkit/bin/cicc && -f /usr/include/cuda_runtime.h ]] \
+        || die "nvcc, cicc or cuda_runtime.h missing after unpacking ${unpack[*]}"
+    log "CUDA $(nvcc --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p') toolkit from Debian non-free ($(nvcc --version | tail -1))"
+}
+
+if grep -q '^unpack:' "$pins"; then
+    debian_toolkit "$pins"
+    exit 0
+fi
 
 dest="${CUDA_WHEELS_DIR:-/opt/cuda-wheels}"; prefix="${CUDA_LINK_PREFIX:-/usr/local}"
 log "installing the CUDA toolkit wheels pinned in $pins into $dest"

@@ -11,12 +11,17 @@
 # Settings: USE_CUDNN=1 (default) builds Caffe's cuDNN layers against cuDNN 9 (engine patch
 # 0009 makes Caffe's cuDNN <= 7 code build with cuDNN 8 and 9); USE_NCCL=1 (default) builds
 # Caffe's NCCL support (caffe.NCCL, tools/train.py --gpus). CUDA_LIBS=wheels (default): cuBLAS,
-# cuRAND, cuDNN and NCCL from NVIDIA's PyPI wheels pinned in engine/cuda_wheels.txt, for CUDA
-# $WHEELS_CUDA_MAJOR; CUDA_LIBS=toolkit: cuBLAS/cuRAND from the CUDA toolkit, cuDNN and NCCL
-# where Caffe's CMake finds them (the toolkit's include directory, CUDNN_ROOT, NCCL_DIR).
+# cuRAND, cuDNN and NCCL from NVIDIA's PyPI wheels pinned in engine/cuda_wheels.txt, the section
+# of nvcc's CUDA major version ([cuda13], [cuda11]); CUDA_LIBS=toolkit: cuBLAS/cuRAND from the CUDA
+# toolkit, cuDNN and NCCL where Caffe's CMake finds them (the toolkit's include directory,
+# CUDNN_ROOT, NCCL_DIR). CUDA_HOST_COMPILER: the C compiler nvcc runs (CMake's FindCUDA otherwise
+# passes the C compiler of the build, which CUDA 11.8's nvcc refuses past gcc 11; the TITAN X
+# image sets gcc-11).
 
-# The CUDA major version of the wheels pinned in engine/cuda_wheels.txt (their nvidia/cu13 tree).
-WHEELS_CUDA_MAJOR=13
+# The pins of one CUDA major version: the lines of its [cudaN] section of engine/cuda_wheels.txt.
+wheel_pins() {
+    sed -n "/^\[cuda$1\]\$/,/^\[/p" "$HERE/cuda_wheels.txt" | grep -v -e '^\[' -e '^#' -e '^[[:space:]]*$' || true
+}
 
 onoff() { if [[ "$1" == "1" ]]; then echo ON; else echo OFF; fi; }
 
@@ -38,30 +43,49 @@ cuda_settings() {
     local release
     release="$(nvcc --version | sed -n 's/.*release \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -1)"
     [[ -n "$release" ]] || die "cannot read the CUDA release from 'nvcc --version'"
-    if [[ "$CUDA_LIBS" == "wheels" && "${release%%.*}" != "$WHEELS_CUDA_MAJOR" ]]; then
-        die "engine/cuda_wheels.txt pins NVIDIA's CUDA $WHEELS_CUDA_MAJOR wheels but nvcc is CUDA $release: put an nvcc $WHEELS_CUDA_MAJOR.x first on PATH, or use CUDA_LIBS=toolkit (libraries from the CUDA toolkit; cuDNN and NCCL from the system, or USE_CUDNN=0 USE_NCCL=0)"
+    WHEELS_CUDA_MAJOR="${release%%.*}"
+    if [[ "$CUDA_LIBS" == "wheels" && -z "$(wheel_pins "$WHEELS_CUDA_MAJOR")" ]]; then
+        local have
+        have="$(sed -n 's/^\[cuda\([0-9]*\)\]$/\1/p' "$HERE/cuda_wheels.txt" | tr '\n' ' ' | sed 's/ $//')"
+        die "engine/cuda_wheels.txt pins no wheels for CUDA $WHEELS_CUDA_MAJOR (nvcc is CUDA $release; it has sections for CUDA $have): put such an nvcc first on PATH, or use CUDA_LIBS=toolkit (libraries from the CUDA toolkit; cuDNN and NCCL from the system, or USE_CUDNN=0 USE_NCCL=0)"
+    fi
+    if [[ -n "${CUDA_HOST_COMPILER:-}" ]]; then
+        command -v "$CUDA_HOST_COMPILER" >/dev/null || die "CUDA_HOST_COMPILER='$CUDA_HOST_COMPILER' is not a program on PATH"
     fi
     cuda_info="$(nvcc --version | tail -1) arch=$CUDA_ARCH_BIN cudnn=$USE_CUDNN nccl=$USE_NCCL libs=$CUDA_LIBS"
+    if [[ -n "${CUDA_HOST_COMPILER:-}" ]]; then cuda_info+=" host=$("$CUDA_HOST_COMPILER" --version | head -1)"; fi
 }
 
 cuda_cmake_args() {
     cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual "-DCUDA_ARCH_BIN=$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX=
                  "-DUSE_CUDNN=$(onoff "$USE_CUDNN")" "-DUSE_NCCL=$(onoff "$USE_NCCL")")
+    if [[ -n "${CUDA_HOST_COMPILER:-}" ]]; then
+        cmake_args+=("-DCUDA_HOST_COMPILER=$(command -v "$CUDA_HOST_COMPILER")")
+    fi
     [[ "$CUDA_LIBS" == "wheels" ]] || return 0
-    wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum "$HERE/cuda_wheels.txt" | cut -c1-12)"
+    local pins
+    pins="$(wheel_pins "$WHEELS_CUDA_MAJOR")"
+    wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum <<<"$pins" | cut -c1-12)"
     if [[ ! -f "$wheels/.complete" ]]; then
         log "installing the CUDA $WHEELS_CUDA_MAJOR wheels pinned in engine/cuda_wheels.txt into $wheels (about 2 GB)"
         rm -rf "$wheels"
-        "$PYTHON" -m pip install -q --disable-pip-version-check --target "$wheels" -r "$HERE/cuda_wheels.txt" \
-            || die "could not install the wheels pinned in engine/cuda_wheels.txt"
+        "$PYTHON" -m pip install -q --disable-pip-version-check --target "$wheels" -r /dev/stdin <<<"$pins" \
+            || die "could not install the CUDA $WHEELS_CUDA_MAJOR wheels pinned in engine/cuda_wheels.txt"
         touch "$wheels/.complete"
     fi
-    local cu="$wheels/nvidia/cu$WHEELS_CUDA_MAJOR" cublas curand
-    cublas="$(ls "$cu"/lib/libcublas.so.* 2>/dev/null | head -1)"
-    curand="$(ls "$cu"/lib/libcurand.so.* 2>/dev/null | head -1)"
-    [[ -f "$cublas" && -f "$curand" && -f "$cu/include/cublas_v2.h" ]] \
-        || die "cuBLAS/cuRAND (libraries, cublas_v2.h) not found under $cu: remove $wheels and build again"
-    local includes=("$cu/include") rpath="$PREFIX/lib;$cu/lib"
+    # cuBLAS and cuRAND: one tree in CUDA 13's wheels (nvidia/cu13), one per library in CUDA 11/12's.
+    local blas_dir rand_dir cublas curand
+    if [[ -d "$wheels/nvidia/cu$WHEELS_CUDA_MAJOR" ]]; then
+        blas_dir="$wheels/nvidia/cu$WHEELS_CUDA_MAJOR"; rand_dir="$blas_dir"
+    else
+        blas_dir="$wheels/nvidia/cublas"; rand_dir="$wheels/nvidia/curand"
+    fi
+    cublas="$(ls "$blas_dir"/lib/libcublas.so.* 2>/dev/null | head -1)"
+    curand="$(ls "$rand_dir"/lib/libcurand.so.* 2>/dev/null | head -1)"
+    [[ -f "$cublas" && -f "$curand" && -f "$blas_dir/include/cublas_v2.h" && -f "$rand_dir/include/curand.h" ]] \
+        || die "cuBLAS/cuRAND (libraries, cublas_v2.h, curand.h) not found under $blas_dir and $rand_dir: remove $wheels and build again"
+    local includes=("$blas_dir/include") rpath="$PREFIX/lib;$blas_dir/lib"
+    if [[ "$rand_dir" != "$blas_dir" ]]; then includes+=("$rand_dir/include"); rpath+=";$rand_dir/lib"; fi
     cmake_args+=("-DCUDA_CUBLAS_LIBRARIES=$cublas" "-DCUDA_cublas_LIBRARY=$cublas" "-DCUDA_curand_LIBRARY=$curand")
     if [[ "$USE_CUDNN" == "1" ]]; then
         local cudnn="$wheels/nvidia/cudnn" lib
@@ -113,7 +137,7 @@ cuda_check_engine() {
 
 cuda_build_info() {
     if [[ "$CUDA_LIBS" == "wheels" ]]; then
-        echo "cuda_wheels=$(grep -v -e '^#' -e '^$' "$HERE/cuda_wheels.txt" | tr '\n' ' ' | sed 's/ $//')"
+        echo "cuda_wheels=$(wheel_pins "$WHEELS_CUDA_MAJOR" | tr '\n' ' ' | sed 's/ $//')"
     fi
     echo "cudnn=$USE_CUDNN nccl=$USE_NCCL"
 }

@@ -162,7 +162,16 @@ def test_cuda_only_inputs_change_cuda_keys_and_leave_the_cpu_key_alone(root, tmp
     assert rc != 0 and "USE_CUDNN='yes'" in log, log
     _fake_nvcc(tmp_path / "bin12", "12.6")
     rc, log = _check(engine, root, {"CUDA": "1", "PATH": f"{tmp_path / 'bin12'}:{os.environ['PATH']}"})
-    assert rc != 0 and "cuda_wheels.txt pins NVIDIA's CUDA 13 wheels but nvcc is CUDA 12.6" in log, log
+    assert rc != 0 and "cuda_wheels.txt pins no wheels for CUDA 12 (nvcc is CUDA 12.6; it has sections for CUDA 13 11)" in log, log
+    # nvcc 11.8 (the TITAN X image) takes the [cuda11] section: a key of its own.
+    _fake_nvcc(tmp_path / "bin11", "11.8")
+    cuda11 = {"CUDA": "1", "PATH": f"{tmp_path / 'bin11'}:{os.environ['PATH']}"}
+    assert key(cuda11) not in seen
+    seen.add(key(cuda11))
+    # The host compiler nvcc runs is part of the key, and must exist.
+    assert key({**cuda11, "CUDA_HOST_COMPILER": "gcc"}) not in seen
+    rc, log = _check(engine, root, {**cuda11, "CUDA_HOST_COMPILER": "no-such-gcc"})
+    assert rc != 0 and "CUDA_HOST_COMPILER='no-such-gcc' is not a program on PATH" in log, log
 
 
 # ---- Caffe's command line shows Python errors (engine patch 0007) ----

@@ -58,9 +58,13 @@ case "$builder" in
         bash "$HERE/install_tools.sh"
         case "$target" in
             titanx)
-                # NVIDIA's CUDA 12 nvcc wheels (nvidia-cuda-nvcc-cu12 12.4.131, 12.9.86) hold ptxas only,
-                # no nvcc or cicc, and CUDA 13 no longer compiles for sm_52/sm_61.
-                die "the TITAN X-class image needs a CUDA <= 12 nvcc, which NVIDIA's PyPI wheels do not ship (nvidia-cuda-nvcc-cu12 holds ptxas only): build it with a Docker daemon FROM nvidia/cuda:11.8.0-devel-ubuntu22.04 (IMAGE_BUILDER=docker; docs/ENGINE.md, \"Images\")" ;;
+                # CUDA 11.8's nvcc from Debian's non-free archive (docker/cuda11-debian.txt: NVIDIA's
+                # PyPI wheels hold no CUDA 11/12 nvcc, and CUDA 13 no longer compiles for sm_52/sm_61),
+                # run with gcc-11; cuBLAS, cuRAND, cuDNN 9.10 and NCCL from NVIDIA's CUDA 11 wheels
+                # (engine/cuda_wheels.txt [cuda11], CUDA_LIBS=wheels).
+                cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=52 61"
+                      --build-arg CUDA_LIBS=wheels --build-arg USE_CUDNN=1 --build-arg USE_NCCL=1
+                      --build-arg CUDA_TOOLKIT=cuda11-debian.txt --build-arg CUDA_HOST_COMPILER=gcc-11) ;;
             current)
                 # CUDA 13 from the wheels: nvcc (docker/cuda13-toolkit.txt) and the libraries with
                 # cuDNN 9 and NCCL (engine/cuda_wheels.txt, CUDA_LIBS=wheels). CUDA 13 dropped sm_70.
