@@ -586,8 +586,9 @@ def test_the_first_signal_asks_to_stop_and_a_second_one_acts_at_once():
             os.kill(os.getpid(), signal.SIGTERM)
             assert seen == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGTERM) is outer
-        with StopRequests():
-            pass
+        with pytest.raises(ZeroDivisionError):          # an error inside is not swallowed
+            with StopRequests():
+                1 / 0
         assert signal.getsignal(signal.SIGTERM) is outer and signal.getsignal(signal.SIGINT) is not None
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -62,7 +62,8 @@ case "$builder" in
                 # PyPI wheels hold no CUDA 11/12 nvcc, and CUDA 13 no longer compiles for sm_52/sm_61),
                 # run with gcc-11; cuBLAS, cuRAND, cuDNN 9.10 and NCCL from NVIDIA's CUDA 11 wheels
                 # (engine/cuda_wheels.txt [cuda11], CUDA_LIBS=wheels).
-                cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=52 61"
+                # CUDA 11.8 also compiles for Volta: CUDA_ARCH_BIN_TITANX="52 61 70" adds the V100.
+                cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=${CUDA_ARCH_BIN_TITANX:-52 61}"
                       --build-arg CUDA_LIBS=wheels --build-arg USE_CUDNN=1 --build-arg USE_NCCL=1
                       --build-arg CUDA_TOOLKIT=cuda11-debian.txt --build-arg CUDA_HOST_COMPILER=gcc-11) ;;
             current)
