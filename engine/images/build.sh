@@ -3,8 +3,10 @@
 #
 # Usage: engine/images/build.sh cpu|titanx|current
 #   cpu      virality-caffe:cpu      CPU engine (what `make caffe` builds)
-#   titanx   virality-caffe:titanx   CUDA, sm_52 sm_61 (TITAN X-class, Maxwell/Pascal)
-#   current  virality-caffe:current  CUDA, sm_70 .. sm_90 (Volta..Hopper)
+#   titanx   virality-caffe:titanx   CUDA 11.8, sm_52 sm_61 (TITAN X-class, Maxwell/Pascal;
+#                                    CUDA_ARCH_BIN_TITANX="52 61 70" adds Volta)
+#   current  virality-caffe:current  CUDA 13.0 (podman) sm_75 .. sm_90 (Turing..Hopper;
+#                                    CUDA_ARCH_BIN_CURRENT); CUDA 12.6 (docker) sm_70 .. sm_90
 #
 # Builder (IMAGE_BUILDER=docker|podman, default: docker when a Docker daemon answers, else podman):
 #   docker   `docker build` FROM the public bases (debian:12, nvidia/cuda:*-devel-ubuntu22.04).
