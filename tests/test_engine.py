@@ -124,6 +124,28 @@ def _fake_nvcc(bin_dir, release):
     nvcc.chmod(0o755)
 
 
+def test_each_cuda_major_version_gets_the_pins_of_its_own_section(root, tmp_path):
+    """engine/cuda_wheels.txt holds one [cudaN] section per CUDA major version; a build installs the
+    requirement lines of its nvcc's section only (comments and the other sections left out), and a
+    version without a section gets none (build_caffe.sh then stops, the test above)."""
+    text = (root / "engine/cuda_wheels.txt").read_text().splitlines()
+    expected = {13: [], 11: []}
+    section = None
+    for line in text:                       # the format, parsed independently of cuda_build.sh
+        if line.startswith("[cuda") and line.endswith("]"):
+            section = int(line[5:-1])
+        elif section is not None and line.strip() and not line.startswith("#"):
+            expected[section].append(line)
+    assert expected[13] and expected[11]
+    assert all("-cu11==" in pin for pin in expected[11])
+    assert any(pin.startswith("nvidia-cudnn-cu13==") for pin in expected[13])
+    for major, pins in [*expected.items(), (12, [])]:
+        out = subprocess.run(["bash", "-c", f'HERE="$1"; source "$1/cuda_build.sh"; wheel_pins {major}', "-",
+                              str(root / "engine")], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.splitlines() == pins, major
+
+
 def test_cuda_only_inputs_change_cuda_keys_and_leave_the_cpu_key_alone(root, tmp_path):
     """engine/cuda_build.sh, engine/cuda_wheels.txt and the patches marked "Builds: CUDA only" (0009,
     cuDNN 8/9) are inputs of CUDA builds alone: editing one gives every CUDA build a new key and leaves
