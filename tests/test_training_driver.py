@@ -318,6 +318,9 @@ def test_validate_topic_accuracy_counts_each_image_once():
     logits = np.eye(3)[[0, 1, 2, 0, 1]] * 5.0                      # predicts 0, 1, 2, 0, 1
     labels = np.array([0, 1, 0, 0, 2])                            # right: images 0, 1, 3
     assert validate(FakeTopicNet(logits, labels, batch=2), 5) == pytest.approx(3 / 5)
+    # A validation set within one batch: one forward pass, the same count.
+    assert validate(FakeTopicNet(logits, labels, batch=5), 5) == pytest.approx(3 / 5)
+    assert validate(FakeTopicNet(logits, labels, batch=8), 5) == pytest.approx(3 / 5)
 
 
 # ------------------------------------------------------------------ paths and test-set size
