@@ -639,6 +639,9 @@ def main(argv=None):
                    help="run again only what an earlier run did not catch (and new mutants); keep its catches")
     p.add_argument("--no-select", action="store_true",
                    help="run the module's whole selection for every mutant (no traced run, no per-line choice)")
+    p.add_argument("--retry-timeouts", action="store_true",
+                   help="with --retry: run its timeouts again too (a timeout taken on a loaded machine may be a "
+                        "survivor that was only slow)")
     p.add_argument("--skip-new", action="store_true",
                    help="with --retry: leave out mutants the earlier report does not have (re-run its survivors "
                         "only; merge the reports with --rescore)")
@@ -729,7 +732,8 @@ def main(argv=None):
                     results.append(mutant)
                 elif args.skip_new and key not in earlier:
                     continue
-                elif key in earlier and earlier[key]["status"] in ("caught", "timeout"):
+                elif key in earlier and earlier[key]["status"] in (("caught",) if args.retry_timeouts
+                                                                   else ("caught", "timeout")):
                     mutant.status, mutant.seconds = earlier[key]["status"], earlier[key]["seconds"]
                     mutant.tests = earlier[key].get("tests", 0)
                     results.append(mutant)
