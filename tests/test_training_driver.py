@@ -614,3 +614,11 @@ def test_stop_requests_outside_the_main_thread_leave_the_signals_alone():
     t.start()
     t.join()
     assert errors == [] and signums == [None] and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_training_gives_the_signals_back_when_it_ends(lmdb_work, tmp_path, monkeypatch):
+    """While training, SIGINT/SIGTERM only ask it to stop; afterwards (evaluation, the next run of a plan)
+    they act as before again."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    run_trainer(lmdb_work, tmp_path / "run", monkeypatch, max_iter=2, val_interval=2)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
