@@ -616,9 +616,28 @@ def test_stop_requests_outside_the_main_thread_leave_the_signals_alone():
     assert errors == [] and signums == [None] and signal.getsignal(signal.SIGTERM) is before
 
 
-def test_training_gives_the_signals_back_when_it_ends(lmdb_work, tmp_path, monkeypatch):
+def open_files():
+    fds = Path("/proc/self/fd")
+    names = []
+    for fd in fds.iterdir():
+        try:
+            names.append(os.readlink(fd))
+        except OSError:            # the descriptor listdir itself used, closed since
+            pass
+    return names
+
+
+def test_training_gives_back_the_signals_and_its_files_when_it_ends(lmdb_work, tmp_path, monkeypatch):
     """While training, SIGINT/SIGTERM only ask it to stop; afterwards (evaluation, the next run of a plan)
-    they act as before again."""
+    they act as before again. And nothing of the run stays open (a plan trains many runs in one process)."""
+    import gc
+    import warnings
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    run_trainer(lmdb_work, tmp_path / "run", monkeypatch, max_iter=2, val_interval=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)     # a file left to the garbage collector says so
+        run_trainer(lmdb_work, tmp_path / "run", monkeypatch, max_iter=2, val_interval=2)
+        gc.collect()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert [f for f in open_files() if f.startswith(str(tmp_path / "run"))] == []
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not [m for m in unclosed if str(tmp_path / "run") in m], unclosed
