@@ -62,7 +62,18 @@ cuda_cmake_args() {
     if [[ -n "${CUDA_HOST_COMPILER:-}" ]]; then
         cmake_args+=("-DCUDA_HOST_COMPILER=$(command -v "$CUDA_HOST_COMPILER")")
     fi
-    [[ "$CUDA_LIBS" == "wheels" ]] || return 0
+    # CUDA 13's nvcc hides __global__ functions from other shared objects and gives the host stubs of
+    # __global__ templates internal linkage; Caffe's test binary launches libcaffe's templated kernels
+    # (test_im2col_kernel.cu: "hidden symbol `caffe::im2col_gpu_kernel<float>...' isn't defined"), as
+    # every CUDA <= 12 build allowed. These two flags (nvcc >= 12.8) keep the CUDA <= 12 behaviour.
+    local nvcc_flags=""
+    if (( WHEELS_CUDA_MAJOR >= 13 )); then
+        nvcc_flags="--device-entity-has-hidden-visibility=false;-static-global-template-stub=false"
+    fi
+    if [[ "$CUDA_LIBS" != "wheels" ]]; then
+        [[ -z "$nvcc_flags" ]] || cmake_args+=("-DCUDA_NVCC_FLAGS=$nvcc_flags")
+        return 0
+    fi
     local pins
     pins="$(wheel_pins "$WHEELS_CUDA_MAJOR")"
     wheels="$CACHE_ROOT/cuda-wheels-$(sha256sum <<<"$pins" | cut -c1-12)"
@@ -103,7 +114,7 @@ cuda_cmake_args() {
         cmake_args+=("-DNCCL_INCLUDE_DIR=$nccl/include" "-DNCCL_LIBRARIES=$lib")
         includes+=("$nccl/include"); rpath+=";$nccl/lib"
     fi
-    local cxx="" nvcc="" d
+    local cxx="" nvcc="$nvcc_flags" d
     for d in "${includes[@]}"; do cxx+="${cxx:+ }-isystem $d"; nvcc+="${nvcc:+;}-isystem;$d"; done
     # The wheels' directories go into every binary's RUNPATH: the engine finds them at run time
     # without LD_LIBRARY_PATH (cuDNN 9 loads its sub-libraries from its own directory).
