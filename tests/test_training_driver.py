@@ -119,7 +119,7 @@ def test_plateau_drops_lower_the_rate_three_times_through_the_tool(lmdb_work, tm
     assert "learning-rate drop 4/3" not in res.stdout
     # The solver Caffe ran last was built with the thrice-lowered rate and no step schedule.
     effective = read_solver(out / "solver.effective.prototxt")
-    assert effective.base_lr == pytest.approx(1e-15, rel=1e-6)
+    assert effective.base_lr == pytest.approx(1e-15, rel=1e-6, abs=0)
     assert effective.lr_policy == "fixed" and list(effective.stepvalue) == []
     # Each drop restarts from a snapshot taken at the validation that decided it.
     assert sorted(int(p.stem.split("_iter_")[1]) for p in out.glob("tiny_pvcnn_iter_*.caffemodel")) == [4, 6, 8, 10]
@@ -396,7 +396,7 @@ def test_plateau_drop_uses_the_solvers_gamma_else_a_tenth(lmdb_work, tmp_path, m
     out = tmp_path / "run"
     run_trainer(lmdb_work, out, monkeypatch, solver=solver, lr_drops="plateau", patience=1, val_interval=2,
                 max_iter=4)                                      # one drop, decided at iteration 4
-    assert read_solver(out / "solver.effective.prototxt").base_lr == pytest.approx(want, rel=1e-6)
+    assert read_solver(out / "solver.effective.prototxt").base_lr == pytest.approx(want, rel=1e-6, abs=0)    # abs=0: approx allows 1e-12 by default
 
 
 def test_the_seed_makes_initialisation_reproducible(lmdb_work, tmp_path, monkeypatch):
