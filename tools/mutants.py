@@ -49,9 +49,9 @@ TARGETS = {
     "virality/data/pairs.py": ["tests/test_pairs.py", "tests/test_pairs_edges.py", "tests/test_config_effect.py",
                           "tests/test_datasets_misc.py", "-k", "not ten_million"],
     "virality/train/training.py": ["tests/test_training_driver.py", "tests/test_workflow.py",
-                                   "tests/test_reliability_training.py", "-k",
+                                   "tests/test_reliability_training.py", "tests/test_multigpu.py", "-k",
                                    "driver or dropper or validation or non_finite or resume or signal or snapshot "
-                                   "or disk_full or refused"],
+                                   "or disk_full or refused or truncated or multigpu"],
     "python_layers/ranking_loss.py": ["tests/test_ranking_loss.py", "tests/test_config_effect.py"],
     "python_layers/pair_data.py": ["tests/test_pair_feeds.py", "tests/test_pair_workers.py",
                                    "tests/test_training_driver.py", "-k",
@@ -227,6 +227,9 @@ EQUIVALENT = {
         "before any snapshot",
     ("virality/train/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/train/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
+    ("virality/train/training.py", "caffe.set_mode_cpu()", "pass"):
+        "Caffe starts in CPU mode, and on the CPU-only machines the tests run on nothing sets GPU mode (the "
+        "call matters after a GPU run in the same process)",
     ("virality/train/training.py", "self.bad = 0        # validations since the last gain",
      "self.bad = 1        # validations since the last gain"):
         "PlateauDropper's initial count: the first validation is always a gain over best = -inf (the accuracies "
