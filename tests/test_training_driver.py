@@ -192,6 +192,8 @@ def test_resume_is_exact_with_dropout_and_iter_size(index_work, tmp_path):
     resumed = train_tool(index_work, split, "--max-iter", "12", "--resume",
                          str(split / "tiny_pvcnn_iter_6.solverstate"), *common, solver=solver)
     assert "not bit-identical" not in resumed.stdout             # only Data-layer nets get that note
+    # The snapshot resumed from is the user's: it is still there, whole (only a copy made for a moved run is removed).
+    assert (split / "tiny_pvcnn_iter_6.solverstate").is_file() and (split / "tiny_pvcnn_iter_6.caffemodel").is_file()
     deploy = index_work / "prototxt/tiny_pvcnn/deploy.prototxt"
     a = params_of(deploy, straight / "tiny_pvcnn_iter_12.caffemodel")
     b = params_of(deploy, split / "tiny_pvcnn_iter_12.caffemodel")
@@ -641,3 +643,20 @@ def test_training_gives_back_the_signals_and_its_files_when_it_ends(lmdb_work, t
     assert [f for f in open_files() if f.startswith(str(tmp_path / "run"))] == []
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert not [m for m in unclosed if str(tmp_path / "run") in m], unclosed
+
+
+def test_the_seed_seeds_numpys_global_generator_too(lmdb_work, tmp_path, monkeypatch):
+    """--seed is "the seed of numpy and Caffe": Python layers of the user's that draw from numpy's global
+    generator get the same draws in every run with that seed. The generator's state when the solver is
+    made equals a fresh RandomState(seed)'s."""
+    import virality.train.training as training
+    states = []
+    real = caffe.get_solver
+
+    def get_solver(path):
+        states.append(np.random.get_state()[1].copy())
+        return real(path)
+    monkeypatch.setattr(training.caffe, "get_solver", get_solver)
+    np.random.seed(99)                                   # some other state before training
+    run_trainer(lmdb_work, tmp_path / "run", monkeypatch, max_iter=2, val_interval=2, seed=4242)
+    np.testing.assert_array_equal(states[0], np.random.RandomState(4242).get_state()[1])
