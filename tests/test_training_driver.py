@@ -512,14 +512,17 @@ def test_a_plateau_drop_stops_the_replaced_nets_pair_feeds(index_work, tmp_path,
     pair_data.close_all()
 
 
-def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tmp_path, monkeypatch):
-    """ETA = records still to train / records per second of the last window, on a clock that advances 1 s per
-    reading (so that the rate, and the ETA, are not rounded away on a fast tiny net)."""
+@pytest.mark.parametrize("step", [1.0, 100.0])
+def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tmp_path, monkeypatch, step):
+    """ETA = records still to train / records per second of the last window, on a clock that advances `step`
+    seconds per reading (so that the rate, and the ETA, are not rounded away on a fast tiny net; at 100 s a
+    reading the rate is below 1 record/s, and the ETA must still be a number). The clock starts at 1e6 s, so
+    that elapsed_s (now - start) cannot pass for a sum."""
     import re
     import types
     import virality.train.training as training
     ticks = iter(range(10 ** 6))
-    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: 1e6 + step * next(ticks)))
     solver = write_solver(tmp_path / "eta.prototxt", lmdb_work / "solvers/tiny_pvcnn.prototxt", display=1,
                           net=str(lmdb_work / "prototxt/tiny_pvcnn/train_val.prototxt"))
     calls = []
@@ -534,6 +537,11 @@ def test_the_progress_line_gives_the_time_left_at_the_windows_rate(lmdb_work, tm
         want = (6 - int(row["iteration"])) * 32 / float(row["pairs_per_s"])      # 32 records per iteration
         assert abs(eta - want) <= 0.5, (line, want)
     assert float(re.search(r" ETA (\S+)s", iters[0]).group(1)) >= 2          # not rounded to 0: the clock is slow
+    if step == 100.0:
+        assert all(float(r["pairs_per_s"]) < 1 for r in rows)
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    used = next(ticks) * step                          # the clock's whole advance during the run
+    assert elapsed == sorted(elapsed) and 0 < elapsed[-1] <= used
 
 
 # ------------------------------------------------------------------ seeds

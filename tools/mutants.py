@@ -227,6 +227,13 @@ EQUIVALENT = {
         "before any snapshot",
     ("virality/train/training.py", "caffe.set_device(cfg.gpu)", "pass"): _GPU,
     ("virality/train/training.py", "caffe.set_mode_gpu()", "pass"): _GPU,
+    ("virality/train/training.py", 'eta = (max_iter - done) * per_iter / rate if rate > 0 else float("nan")',
+     'eta = (max_iter - done) * per_iter / rate if rate >= 0 else float("nan")'):
+        "the rate is never 0: every progress row follows at least one step of its window (a guard only)",
+    ("virality/train/training.py", "gc.collect()", "pass"):
+        "both calls free a solver that was just dropped (before the next one is built; when training ends) at "
+        "once instead of at the next collection: peak memory, not results; no test can tell (the NaN-loss run "
+        "through tools/train.py exits 3 cleanly without either)",
     ("virality/train/training.py", "caffe.set_mode_cpu()", "pass"):
         "Caffe starts in CPU mode, and on the CPU-only machines the tests run on nothing sets GPU mode (the "
         "call matters after a GPU run in the same process)",
