@@ -165,7 +165,8 @@ def test_cuda_only_inputs_change_cuda_keys_and_leave_the_cpu_key_alone(root, tmp
 
     cuda_only = [p for p in sorted((engine / "patches").glob("*.patch"))
                  if "\nBuilds: CUDA only\n" in p.read_text().split("\ndiff ")[0]]
-    assert [p.name for p in cuda_only] == ["0009-cudnn-8-9.patch", "0010-cuda-13-test-platform.patch"]
+    assert [p.name for p in cuda_only] == ["0009-cudnn-8-9.patch", "0010-cuda-13-test-platform.patch",
+                                          "0011-cuda-cpu-mode-threads.patch"]
     cpu_key, cuda_key = key(), key(cuda)
     seen = {cpu_key, cuda_key}
     for path in [engine / "cuda_build.sh", engine / "cuda_wheels.txt", *cuda_only]:
