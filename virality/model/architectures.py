@@ -113,6 +113,11 @@ def alexnet_tower(n, data, namer, dropout=True):
     x = _conv(n, namer, x, "conv5", 256, 3, pad=1, group=2)
     x = _relu(n, namer, x, "relu5")
     x = _pool(n, namer, x, "pool5", 3, 2)
+    return _fc67(n, namer, x, dropout)
+
+
+def _fc67(n, namer, x, dropout):
+    """fc6 and fc7 (4096 each) with ReLU and Dropout: the head AlexNet and VGG-19 share."""
     x = _fc(n, namer, x, "fc6", 4096)
     x = _relu(n, namer, x, "relu6")
     x = _drop(n, namer, x, "drop6", dropout)
@@ -134,12 +139,7 @@ def vgg19_tower(n, data, namer, dropout=True):
             x = _conv(n, namer, x, f"conv{block}_{i}", channels, 3, pad=1, weight_filler=xavier)
             x = _relu(n, namer, x, f"relu{block}_{i}")
         x = _pool(n, namer, x, f"pool{block}", 2, 2)
-    x = _fc(n, namer, x, "fc6", 4096)
-    x = _relu(n, namer, x, "relu6")
-    x = _drop(n, namer, x, "drop6", dropout)
-    x = _fc(n, namer, x, "fc7", 4096)
-    x = _relu(n, namer, x, "relu7")
-    return _drop(n, namer, x, "drop7", dropout)
+    return _fc67(n, namer, x, dropout)
 
 
 def tiny_tower(n, data, namer, dropout=True):

@@ -150,13 +150,17 @@ def _include(phase):
     return dict(phase=phase)
 
 
+def _lmdb_layer(arch, data_cfg, phase, source, copies):
+    """Caffe's Data layer over an LMDB: ``source(split)`` names it; ``copies`` images per Datum."""
+    train = phase == caffe.TRAIN
+    return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB, source=source("train" if train else "val"),
+                  batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
+                  transform_param=_transform(arch, train, copies=copies))
+
+
 def _pair_lmdb_layer(arch, data_cfg, phase):
     """Caffe-native pair feed: one Datum per pair, 6 channels (I1 BGR, I2 BGR), label y."""
-    train = phase == caffe.TRAIN
-    return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
-                  source=data_cfg.pair_lmdb("train" if train else "val"),
-                  batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
-                  transform_param=_transform(arch, train, copies=2))
+    return _lmdb_layer(arch, data_cfg, phase, data_cfg.pair_lmdb, copies=2)
 
 
 def _pair_index_layer(arch, data_cfg, phase):
@@ -173,11 +177,7 @@ def _pair_index_layer(arch, data_cfg, phase):
 
 
 def _topic_lmdb_layer(arch, data_cfg, phase):
-    train = phase == caffe.TRAIN
-    return L.Data(ntop=2, include=_include(phase), backend=P.Data.LMDB,
-                  source=data_cfg.topic_lmdb("train" if train else "val"),
-                  batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
-                  transform_param=_transform(arch, train, copies=1))
+    return _lmdb_layer(arch, data_cfg, phase, data_cfg.topic_lmdb, copies=1)
 
 
 def _score(n, name, bottom):
