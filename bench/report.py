@@ -294,6 +294,9 @@ def render(res):
     feed_rows = feed_lines(feeds, caffe_pps, tiny_pps)
     for row in feed_rows["targets"]:
         rows.append((row[0], row[1], row[2], "-", "-"))
+    gpu_feed = gpufeed_lines(res.get("gpufeed"), added_note(res, "gpufeed"))
+    for row in gpu_feed["targets"]:
+        rows.append((row[0], row[1], row[2], "-", "3b. beside a GPU step"))
     judged = [r for r in rows if r[2] is not None]
     summary["targets"] = f"{sum(1 for r in judged if r[2])} of {len(judged)}"
     w("### Targets")
@@ -438,10 +441,28 @@ def render(res):
     # ---- 3 / 4
     w("### 3. Data feed and 4. pair sampling")
     w("")
+    note = added_note(res, "feeds")
+    if note:
+        w(note)
+        w("")
     for line in feed_rows["lines"]:
         w(line)
     w("")
+    w("### 3b. The pair-index feed beside a GPU step: a thread or worker processes")
+    w("")
+    for line in gpu_feed["lines"]:
+        w(line)
+    w("")
     return hardware.cpu_key(cpu), summary, "\n".join(L)
+
+
+def added_note(res, section):
+    """The line that says a section was measured later than the run (bench/run.py --add-to), or ''."""
+    for a in res.get("added", []):
+        if a["section"] == section:
+            return (f"Measured on {a['date']}, after the rest of this section, and added to that run with "
+                    f"`{a['command']}` (load average then: {a['loadavg']}).")
+    return ""
 
 
 def predict_rates(pred):
@@ -718,6 +739,59 @@ def feed_lines(feeds, alex_pps, tiny_pps):
                      f"5,040 viral x 5,040 non-viral images (Deza & Parikh's size) minus 2,000 test pairs: "
                      f"{t:.2f} s (runs {rng(sa['seconds'])}).")
         targets.append(("10M pairs sampled in < 10 s", f"{t:.2f} s", t < 10))
+    return {"targets": targets, "lines": lines}
+
+
+#: With worker processes, a GPU step of the published TITAN X cuDNN-class time should wait for the
+#: feed less than this share of the step (bench/feed_workers.py).
+TARGET_FEED_WAIT = 0.10
+
+
+def gpufeed_lines(gf, note=""):
+    """Target rows and report lines for bench/feed_workers.py: the feed while a GIL-holding step runs."""
+    if not gf or "error" in gf:
+        why = (gf or {}).get("error", "not run")
+        return {"targets": [("pair-index feed keeps up with a TITAN X step (worker processes)",
+                             f"not measured ({why})", None)],
+                "lines": [f"Not measured in this run ({why}); bench/feed_workers.py holds the measurement."]}
+    published = gf["published_step_ms"]
+    lines = ([note, ""] if note else []) + [
+        f"`bench/feed_workers.py`: {gf['pairs']} pairs of {gf['crop']}px crops per batch from an in-memory image "
+        f"store at 256 px ({gf['images']} synthetic JPEGs), {gf['cores']} cores. A GPU step holds Python's GIL "
+        "while the CPU waits for the GPU (pycaffe does not release it), so it is stood in for by `usleep` called "
+        "through `ctypes.PyDLL`: it keeps the GIL and leaves the cores idle. Each iteration takes a batch from "
+        "the feed, copies it into arrays the size of the net's blobs (what the layer does in either mode) and "
+        "steps. Step times, published (soumith/convnet-benchmarks, Titan X Maxwell, AlexNet forward + backward "
+        "of 128 images, the size of a 64-pair AlexNet-PVCNN step): "
+        + ", ".join(f"{name} {ms:.0f} ms ({gf['pairs'] / ms * 1000:.0f} pairs/s)" for name, ms in published.items())
+        + ". H100/H200 step times: not measured here (`bench/gpu.sh` measures them on a GPU). Medians over "
+        f"{gf['rows'][0]['iters']} timed iterations per row.", "",
+        "| step | feed | iteration, ms | waited for the feed, ms | copy into the blobs, ms | pairs/s delivered |",
+        "| --- | --- | ---: | ---: | ---: | ---: |"]
+    names = {ms: name for name, ms in published.items()}
+    for r in gf["rows"]:
+        step = "none (the feed alone)" if r["step_ms"] == 0 else \
+            f"{r['step_ms']:.0f} ms" + (f" ({names[r['step_ms']]})" if r["step_ms"] in names else "")
+        lines.append(f"| {step} | {'thread' if r['workers'] == 0 else str(r['workers']) + ' worker' + ('s' if r['workers'] > 1 else '')} "
+                     f"| {r['iteration_ms']:.1f} | {r['wait_ms']:.1f} | {r['copy_ms']:.1f} | {r['pairs_per_s']:.0f} |")
+    targets = []
+    fast = min(published.values())
+    at_fast = [r for r in gf["rows"] if r["step_ms"] == fast]
+    best = min((r for r in at_fast if r["workers"] > 0), key=lambda r: r["wait_ms"], default=None)
+    thread = next((r for r in at_fast if r["workers"] == 0), None)
+    if best:
+        share = best["wait_ms"] / fast
+        targets.append((f"a {fast:.0f} ms step (TITAN X, cuDNN-class) waits for the pair-index feed < "
+                        f"{TARGET_FEED_WAIT:.0%} of it, with worker processes",
+                        f"{share:.1%} ({best['wait_ms']:.1f} ms, {best['workers']} worker"
+                        f"{'s' if best['workers'] > 1 else ''}"
+                        + (f"; the thread: {thread['wait_ms'] / fast:.0%}" if thread else "") + ")",
+                        share < TARGET_FEED_WAIT))
+        lines += ["", f"At the {fast:.0f} ms step the best worker count leaves the step waiting {best['wait_ms']:.1f} ms "
+                  + (f"against {thread['wait_ms']:.1f} ms with the thread" if thread else "")
+                  + f"; an iteration then takes {best['iteration_ms']:.0f} ms against the step's {fast:.0f}: what is "
+                  f"left is the copy into the blobs ({best['copy_ms']:.0f} ms, 2 x {gf['pairs']} x 3 x {gf['crop']} x "
+                  f"{gf['crop']} float32), which a Python data layer does in either mode."]
     return {"targets": targets, "lines": lines}
 
 

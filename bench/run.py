@@ -47,6 +47,8 @@ from common import ROOT, median  # noqa: E402
 PY = sys.executable
 WORKER = str(ROOT / "bench" / "caffe_worker.py")
 TORCH_WORKER = str(ROOT / "bench" / "torch_worker.py")
+#: Sections that stand alone (no AlexNet run needed), so `--add-to` can add them to an earlier run.
+ADDABLE = ("feeds", "gpufeed")
 
 
 def log(msg):
@@ -186,9 +188,13 @@ def main():
     ap.add_argument("--no-discover", action="store_true", help="do not look for other engines in the cache")
     ap.add_argument("--variant", action="append", default=[], help="LABEL=ENGINE[:VAR=VAL,...]")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--sections", default="alexnet,models,infer,predict,layers,feeds",
-                    help="comma-separated subset of alexnet,models,infer,predict,layers,feeds, plus gemm (a standalone "
-                         "GEMM rate per variant); alexnet always runs; predict needs infer")
+    ap.add_argument("--sections", default="alexnet,models,infer,predict,layers,feeds,gpufeed",
+                    help="comma-separated subset of alexnet,models,infer,predict,layers,feeds,gpufeed, plus gemm (a "
+                         "standalone GEMM rate per variant); alexnet always runs; predict needs infer")
+    ap.add_argument("--add-to", metavar="RESULTS_JSON",
+                    help=f"measure only the --sections among {','.join(ADDABLE)} and add them to an earlier run's "
+                         "results (bench/out/results.json) of this same CPU, then write its section again; the "
+                         "report names what was added and when")
     ap.add_argument("--predict-images", type=int, default=None,
                     help="photos in the tools/predict.py folder (default 256; 128 with --quick)")
     args = ap.parse_args()
@@ -224,6 +230,9 @@ def main():
         infos[name]["path"] = str(Path(engines[name]).resolve())
     variants = [parse_variant(v, engines) for v in args.variant] or default_variants(engines, infos)
     log("variants: " + "; ".join(v["label"] for v in variants))
+
+    if args.add_to:
+        return add_sections(args.add_to, sections - {"alexnet"}, runner, variants, quick, machine, args)
 
     tpy, tnote = (None, "disabled (--no-torch)") if args.no_torch else torch_python()
     if tpy:
@@ -353,15 +362,71 @@ def main():
         res["feeds"] = {"error": f"{type(err).__name__}: {err}"}
         log(f"data feed / pair sampling not measured: {err}")
 
+    res["gpufeed"] = measure_gpufeed(sections, runner, base, quick)
+
     res["machine"]["loadavg_end"] = sh("cat /proc/loadavg")
     res["elapsed_s"] = time.time() - started
+    write_results(res, args.json, args.out)
+
+
+def measure_gpufeed(sections, runner, base, quick):
+    """The pair-index feed beside a GPU-like step, thread vs worker processes (bench/feed_workers.py)."""
+    try:
+        if "gpufeed" not in sections:
+            raise RuntimeError("not asked for (--sections)")
+        import feed_workers
+        log("pair-index feed beside a stand-in GPU step: thread vs worker processes")
+        return feed_workers.run(runner, base, quick)
+    except Exception as err:
+        log(f"feed beside a GPU step not measured: {err}")
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def add_sections(path, sections, runner, variants, quick, machine, args):
+    """``--add-to``: measure ``sections`` (only ones that stand alone) into an earlier run of this CPU."""
+    wrong = sorted(sections - set(ADDABLE))
+    if wrong or not sections:
+        raise SystemExit(f"bench: --add-to measures only {', '.join(ADDABLE)}; --sections asked for "
+                         f"{', '.join(wrong) or 'none of them'}")
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"bench: --add-to {path}: cannot read an earlier run's results ({err}); run "
+                         "`make bench` first") from None
+    if "machine" not in res or "alexnet" not in res:
+        raise SystemExit(f"bench: --add-to {path}: not the results.json of a bench run (no machine/alexnet)")
+    then, now = hardware.cpu_key(res["machine"].get("cpu_info") or {}), hardware.cpu_key(machine["cpu_info"])
+    if then != now:
+        raise SystemExit(f"bench: --add-to {path}: that run was on {then}, this machine is {now}; "
+                         "a CPU's section holds only its own measurements: run `make bench` here")
+    base = variants[0]
+    added = res.setdefault("added", [])
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for name in sorted(sections):
+        res[name] = measure_gpufeed(sections, runner, base, quick) if name == "gpufeed" else \
+            _measure_feeds(runner, base, quick)
+        added = [a for a in added if a["section"] != name]
+        added.append({"section": name, "date": date, "quick": quick,
+                      "command": " ".join(shlex.quote(a) for a in sys.argv), "loadavg": sh("cat /proc/loadavg")})
+    res["added"] = added
+    write_results(res, args.json, args.out)
+
+
+def _measure_feeds(runner, base, quick):
+    import feeds
+    log("data feed and pair sampling")
+    return feeds.run(runner, base, quick)
+
+
+def write_results(res, json_path, out):
     from virality.files import write_text_atomic
-    write_text_atomic(args.json, json.dumps(res, indent=1))
+    write_text_atomic(json_path, json.dumps(res, indent=1))
     import document
     import report
     key, summary, body = report.render(res)
-    document.write(args.out, key, summary, body)
-    log(f"wrote the section for {key} in {args.out}, and {args.json}, in {res['elapsed_s'] / 60:.1f} min")
+    document.write(out, key, summary, body)
+    log(f"wrote the section for {key} in {out}, and {json_path}"
+        + (f", in {res['elapsed_s'] / 60:.1f} min" if "added" not in res else ""))
 
 
 if __name__ == "__main__":

@@ -285,6 +285,71 @@ def test_the_report_judges_each_target_against_the_honest_ceiling_and_pytorch():
     assert "| OPENBLAS_CORETYPE | `Haswell`, set by the environment" in body
 
 
+def _gpufeed(worker_wait_ms):
+    row = dict(iters=20, copy_ms=20.0)
+    return {"pairs": 64, "crop": 227, "images": 200, "cores": 2,
+            "published_step_ms": {"TITAN X, cuDNN-class": 81.0, "TITAN X, Caffe's own kernels": 324.0},
+            "rows": [dict(row, workers=0, step_ms=0.0, iteration_ms=50.0, wait_ms=30.0, pairs_per_s=1280.0),
+                     dict(row, workers=0, step_ms=81.0, iteration_ms=160.0, wait_ms=59.0, pairs_per_s=400.0),
+                     dict(row, workers=1, step_ms=81.0, iteration_ms=110.0, wait_ms=9.0, pairs_per_s=581.8),
+                     dict(row, workers=2, step_ms=81.0, iteration_ms=105.0, wait_ms=worker_wait_ms,
+                          pairs_per_s=609.5)]}
+
+
+@pytest.mark.parametrize("wait_ms, share, met", [(4.05, "5.0%", True), (8.91, "11.0%", False)])
+def test_the_gpu_feed_target_is_the_best_worker_wait_over_the_titan_x_step(wait_ms, share, met):
+    """81 ms step: the best worker count's wait over 81 ms (4.05 / 81 = 5.0%, met; 8.91 / 81 = 11.0% is
+    still the best of 9.0 and 8.91, not met); the thread's 59 / 81 = 73% beside it."""
+    res = dict(_results(), gpufeed=_gpufeed(wait_ms))
+    _, summary, body = report.render(res)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in body.splitlines() if line.startswith("| ")}
+    target = [l for k, l in rows.items() if k.startswith("a 81 ms step (TITAN X, cuDNN-class) waits")][0]
+    assert f"{share} ({wait_ms:.1f} ms, 2 workers; the thread: 73%)" in target
+    assert ("**met**" if met else "**not met**") in target
+    assert summary["targets"] == ("4 of 5" if met else "3 of 5")
+    assert "| 81 ms (TITAN X, cuDNN-class) | thread | 160.0 | 59.0 | 20.0 | 400 |" in body
+    assert "| none (the feed alone) | thread | 50.0 | 30.0 | 20.0 | 1280 |" in body
+    assert "(790 pairs/s)" in body and "(198 pairs/s)" in body          # 64 / 0.081, 64 / 0.324
+
+
+def test_a_run_without_the_gpu_feed_says_it_was_not_measured():
+    res = dict(_results(), gpufeed={"error": "RuntimeError: not asked for (--sections)"})
+    _, summary, body = report.render(res)
+    assert "Not measured in this run (RuntimeError: not asked for (--sections))" in body
+    assert summary["targets"] == "3 of 4"
+
+
+def test_add_to_refuses_another_cpus_run_and_sections_that_need_the_alexnet_run(tmp_path):
+    old = tmp_path / "results.json"
+    old.write_text(__import__("json").dumps(_results()))
+    here = dict(_results()["machine"], cpu_info=dict(_results()["machine"]["cpu_info"], model="143"))
+    args = type("A", (), dict(json=str(tmp_path / "new.json"), out=str(tmp_path / "B.md")))()
+    with pytest.raises(SystemExit, match="that run was on .*model 207, this machine is .*model 143"):
+        run.add_sections(str(old), {"gpufeed"}, None, [{}], True, here, args)
+    with pytest.raises(SystemExit, match="--add-to measures only feeds, gpufeed; --sections asked for infer"):
+        run.add_sections(str(old), {"infer", "gpufeed"}, None, [{}], True, _results()["machine"], args)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: cannot read an earlier run's results"):
+        run.add_sections(str(tmp_path / "bad.json"), {"gpufeed"}, None, [{}], True, here, args)
+    assert not (tmp_path / "new.json").exists() and not (tmp_path / "B.md").exists()
+
+
+def test_add_to_adds_the_section_names_it_and_keeps_the_rest(tmp_path, monkeypatch):
+    import json
+    old = tmp_path / "results.json"
+    old.write_text(json.dumps(_results()))
+    monkeypatch.setattr(run, "measure_gpufeed", lambda sections, runner, base, quick: _gpufeed(4.05))
+    monkeypatch.setattr(sys, "argv", ["bench/run.py", "--add-to", str(old), "--sections", "gpufeed"])
+    args = type("A", (), dict(json=str(tmp_path / "new.json"), out=str(tmp_path / "B.md")))()
+    run.add_sections(str(old), {"gpufeed"}, None, [{}], True, _results()["machine"], args)
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["gpufeed"] == _gpufeed(4.05) and new["alexnet"] == _results()["alexnet"]
+    assert [a["section"] for a in new["added"]] == ["gpufeed"]
+    body = (tmp_path / "B.md").read_text()
+    assert "after the rest of this section, and added to that run with `bench/run.py --add-to" in body
+    assert "Written by `make bench` (`bench/run.py`) on 2026-12-01 11:00 UTC" in body
+
+
 def test_predict_photos_are_real_jpegs_at_user_sizes(tmp_path):
     import cv2
     import predict_e2e

@@ -42,6 +42,29 @@ def test_generated_files_are_up_to_date(root, tmp_path):
     assert not stale, f"run `make nets` and commit: {stale}"
 
 
+def _feed_params(net):
+    """{phase: the pair-index feed's param_str as a dict}."""
+    import json
+    return {layer.include[0].phase: json.loads(layer.python_param.param_str)
+            for layer in net.layer if layer.type == "Python" and layer.python_param.layer == "PairIndexData"}
+
+
+def test_feed_workers_reach_the_train_feed_only(root, tmp_path):
+    out = subprocess.run([sys.executable, str(root / "tools/make_nets.py"), "--out", str(tmp_path), "--models",
+                          "alexnet_pvcnn", "--feed-workers", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    params = _feed_params(read_net(tmp_path / "prototxt/alexnet_pvcnn/train_val.prototxt"))
+    assert params[caffe_pb2.TRAIN]["workers"] == 3 and "workers" not in params[caffe_pb2.TEST]
+    committed = _feed_params(read_net(root / "prototxt/alexnet_pvcnn/train_val.prototxt"))
+    assert "workers" not in committed[caffe_pb2.TRAIN]          # the default: one thread
+    # apart from the key, the same net
+    del params[caffe_pb2.TRAIN]["workers"]
+    assert params == committed
+    bad = subprocess.run([sys.executable, str(root / "tools/make_nets.py"), "--out", str(tmp_path / "b"), "--models",
+                          "tiny_pvcnn", "--feed-workers", "2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "tiny_pvcnn: feed_workers=2 needs the pair_index feed" in bad.stderr
+
+
 @pytest.mark.parametrize("model", sorted(REQUIRED_MODELS))
 def test_deploy_net_maps_data_to_score(root, model):
     net = caffe.Net(str(root / f"prototxt/{model}/deploy.prototxt"), caffe.TEST)

@@ -6,7 +6,10 @@ hand-computed crops in test_pair_feeds.py); the worker feed must equal it batch 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +19,7 @@ import caffe
 from virality.data.imagestore import build_image_store
 from virality.data.pair_batches import ImageSource, PairBatcher
 from virality.data.pair_workers import WorkerError, WorkerFeed
+from virality.paths import ROOT
 
 SIZE, CROP = 16, 12
 
@@ -191,6 +195,40 @@ def test_workers_exit_when_the_main_process_is_gone(store, tmp_path):
     for p in left:                                  # never leave orphans behind a failing test
         os.kill(p, signal.SIGKILL)
     assert not left
+
+
+@pytest.mark.parametrize("end, codes", [("pass", "0 0"), ("feed.close()", "0 0"),
+                                        ("[p.terminate() for p in feed._procs]; feed.close()", "-15 -15")],
+                         ids=["left_open", "closed", "terminated"])
+def test_a_process_that_loaded_caffe_ends_quietly_with_its_workers(store, tmp_path, end, codes):
+    """pycaffe installs glog's failure signal handler (SIGTERM included) and the workers inherit it
+    by fork: at exit, multiprocessing's own handler must not reach them first and SIGTERM them (each
+    printed "*** SIGTERM received ... stack trace" at the end of every GPU-style training run), and a
+    worker that is SIGTERMed all the same just ends (exit code -15), without glog's stack trace."""
+    script = tmp_path / "feed_then_exit.py"
+    script.write_text(f"""
+import atexit, sys, numpy as np
+procs = []                                     # registered first, so run last: after every exit handler
+atexit.register(lambda: print("exitcodes", *[p.exitcode for p in procs], flush=True))
+sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]
+import caffe
+caffe.init_log()                               # glog's failure signal handler, as training has it
+from test_pair_workers import _batcher
+from pathlib import Path
+from virality.data.pair_workers import WorkerFeed
+feed = WorkerFeed(_batcher(Path({str(store)!r})), workers=2)
+feed.get()
+print("pids", *feed.pids, flush=True)
+procs.extend(feed._procs)
+{end}
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SIGTERM" not in out.stderr and "Aborted" not in out.stderr, out.stderr[-3000:]
+    pids = [int(p) for p in out.stdout.split("pids", 1)[1].split("exitcodes")[0].split()]
+    assert len(pids) == 2 and all(_gone(p) for p in pids)
+    assert out.stdout.split("exitcodes", 1)[1].split() == codes.split()    # 0: asked to stop, not terminated
 
 
 @pytest.mark.parametrize("world", [2, 3])

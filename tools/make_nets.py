@@ -38,6 +38,8 @@ def main(argv=None):
                         "(default: the model's schedule, docs/TRAINING.md)")
     parser.add_argument("--iter-size", type=int, help="forward passes per update (default: the schedule's); an "
                         "update is the sum of Eq. 1 over all its pairs for any iter_size")
+    parser.add_argument("--feed-workers", type=int, help="pair_index feed: worker processes that assemble the "
+                        "TRAIN batches while Caffe steps (GPU training: 2-4; default 0, one thread; docs/GPU.md)")
     parser.add_argument("--test-batch", type=int, help="validation records per test pass (default: the schedule's)")
     parser.add_argument("--val-records", type=int, help="validation records (pairs, or Topic-CNN images) the "
                         "test phase reads exactly once (default: make_data's default split of the dataset)")
@@ -51,7 +53,8 @@ def main(argv=None):
 
     overrides = {k: v for k, v in dict(dataset=args.dataset, setting=args.setting, num_topics=args.num_topics,
                                        train_batch=args.batch_size, iter_size=args.iter_size,
-                                       test_batch=args.test_batch).items() if v is not None}
+                                       test_batch=args.test_batch, feed_workers=args.feed_workers).items()
+                 if v is not None}
     try:
         loss = LossOptions(lam=args.lam, epsilon=args.epsilon, normalize=args.normalize)
     except ValueError as err:

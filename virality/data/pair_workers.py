@@ -27,6 +27,7 @@ How it works:
 import mmap
 import atexit
 import multiprocessing as mp
+import multiprocessing.util  # noqa: F401  (its exit handler registered now, before ours: see below)
 import os
 import queue
 import signal
@@ -51,7 +52,9 @@ def close_live_feeds():
     return len(feeds)
 
 
-# Registered after multiprocessing's own exit handler, so it runs before it (atexit is LIFO).
+# Registered after multiprocessing's own exit handler (multiprocessing.util, imported above: it is
+# otherwise imported at the first Process.start, after this line), so it runs before it (atexit is
+# LIFO): the workers are asked to stop and joined, not SIGTERMed as daemons.
 atexit.register(close_live_feeds)
 
 
@@ -72,6 +75,9 @@ def _slot_views(buf, shapes, slot):
 
 def _worker_main(batcher, buf, shapes, tasks, results, parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C reaches the whole process group: the parent decides
+    # pycaffe's init_log installed glog's failure handler for SIGTERM (and inherited by fork it would
+    # print a stack trace of this worker): a worker uses no Caffe, and a SIGTERM just ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         batcher.source = batcher.source.after_fork()
     except BaseException:

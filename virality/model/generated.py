@@ -18,7 +18,8 @@ write_text = write_text_atomic
 def generate(model, out, feed, overrides, loss=None, val_records=None):
     """Write ``model``'s files under ``out``; returns (DataConfig, paths).
 
-    overrides:   DataConfig fields (dataset, setting, num_topics, train_batch, test_batch, iter_size).
+    overrides:   DataConfig fields (dataset, setting, num_topics, train_batch, test_batch, iter_size,
+                 feed_workers).
     loss:        virality.model.nets.LossOptions of the ranking loss (default: the paper's lambda, our epsilon).
     val_records: validation records the solver's test phase reads once (default: the dataset's default).
     """

@@ -88,6 +88,7 @@ class DataConfig:
     seed: int = 1701             # pair_index shuffling
     data_root: str = "data"      # where <dataset>/ lives: "data" (from the repo root) or an absolute path
     iter_size: int = 1           # passes per update (the solver's iter_size; sets the loss weight)
+    feed_workers: int = 0        # pair_index TRAIN feed: 0 a thread, N worker processes (docs/GPU.md)
 
     def __post_init__(self):
         if self.feed not in FEEDS:
@@ -95,6 +96,11 @@ class DataConfig:
         for name in ("train_batch", "test_batch", "iter_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.feed_workers < 0:
+            raise ValueError(f"feed_workers must be 0 (a thread) or more (worker processes), got {self.feed_workers}")
+        if self.feed_workers and self.feed != "pair_index":
+            raise ValueError(f"feed_workers={self.feed_workers} needs the pair_index feed (the {self.feed} feed is "
+                             "Caffe's own Data layer, with its own prefetch thread)")
 
     @property
     def root(self):
@@ -171,6 +177,8 @@ def _pair_index_layer(arch, data_cfg, phase):
                   batch_size=data_cfg.train_batch if train else data_cfg.test_batch,
                   crop_size=arch.crop_size, mean=list(arch.mean_bgr), scale=arch.input_scale, mirror=train,
                   shuffle=train, seed=data_cfg.seed)
+    if train and data_cfg.feed_workers:
+        params["workers"] = data_cfg.feed_workers     # worker processes assemble batches (GPU training)
     return L.Python(ntop=3, include=_include(phase),
                     python_param=dict(module="python_layers.pair_data", layer="PairIndexData",
                                       param_str=json.dumps(params, sort_keys=True)))
