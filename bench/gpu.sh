@@ -70,8 +70,19 @@ for variant in cudnn caffe; do
     record "$variant" "$(worker train --model vgg19_pvcnn --pairs 8 --iters 10 --warmup 2 --gemm 0)"
 done
 
-# The pair-index feed against a GIL-holding step: thread vs worker processes (docs/GPU.md).
-record feed "$("$PY" bench/feed_workers.py --pairs 64 --crop 227 --step-ms 0 81 --workers 1 2 4 --iters 20 | tail -1)"
+# The pair-index feed against a GIL-holding step: thread vs worker processes (docs/GPU.md), at the
+# step time this GPU measured (cuDNN engine, AlexNet-PVCNN, 64 pairs) and the published TITAN X one.
+gpu_step_ms=$("$PY" - "$RESULTS" <<'STEP'
+import json, statistics, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if (r.get("variant"), r.get("task"), r.get("model"), r.get("pairs")) == ("cudnn", "train", "alexnet_pvcnn", 64):
+        print(f"{1000 * statistics.median(r['step_s']):.1f}")
+        break
+STEP
+)
+record feed "$("$PY" bench/feed_workers.py --pairs 64 --crop 227 --step-ms 0 $gpu_step_ms 81 --workers 1 2 4 \
+               --iters 20 | tail -1)"
 
 # One GPU through the NCCL path of tools/train.py --gpus, with the cuDNN engine.
 export PYTHONPATH="$PWD:$PWD/.engine-cuda/lib/python3/dist-packages"
@@ -116,7 +127,9 @@ for label, what in lines:
     print(f"| {label} | {cell('cudnn', what)} | {cell('caffe', what)} |")
 feed = next((r for r in rows if r.get("variant") == "feed"), None)
 if feed:
-    print(f"\nfeed (bench/feed_workers.py): {json.dumps({k: v for k, v in feed.items() if k != 'variant'})[:600]}")
+    print("\n| pair-index feed (bench/feed_workers.py), stand-in step | feed | waited for it | pairs/s |\n| --- | --- | --- | --- |")
+    for r in feed["rows"]:
+        print(f"| {r['step_ms']:.1f} ms | {r['mode']} | {r['wait_ms']:.1f} ms | {r['pairs_per_s']:.0f} |")
 nccl = next((r for r in rows if r.get("variant") == "nccl"), None)
 print(f"1-GPU NCCL run of tools/train.py --gpus 0: {'ok' if nccl and nccl['ok'] else 'FAILED' if nccl else 'not run'}"
       + (f" ({nccl['seconds']} s)" if nccl else ""))
