@@ -2,13 +2,17 @@
 
 Caffe logs through glog: building one net prints its whole definition (hundreds of lines).
 ``caffe_logging(log_file, verbose)``, called before ``import caffe``, keeps the console to
-Caffe's warnings and errors (``GLOG_stderrthreshold=1``) and writes everything Caffe logs to
-``log_file`` (glog's own file, renamed to the name asked for). ``verbose=True`` prints it all
+Caffe's errors and writes everything Caffe logs to ``log_file`` (glog's own file, renamed to the
+name asked for; glog's copies of the warnings and errors in files of their own are removed at
+exit). It asks for warnings on the console too (``GLOG_stderrthreshold=1``), which glog 0.7 and
+newer honour; Debian 12's glog 0.6 ignores that variable (google/glog#558), so there Caffe's
+warnings are in the log file only. ``verbose=True`` prints it all
 on the console as well. Without a log file, only warnings and errors are logged at all
 (``GLOG_minloglevel=1``). A ``GLOG_*`` variable the user set is left as it is.
 
 Tools call it first thing in ``main()``; training can pass its run directory's ``caffe.log``.
 """
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -43,8 +47,25 @@ def caffe_logging(log_file=None, verbose=False):
                 link.unlink()
     else:
         return None
+    atexit.register(_drop_severity_copies, log_file.parent, os.getpid())
     _initialised["log"] = log_file
     return log_file
+
+
+SEVERITY_COPIES = ("WARNING", "ERROR")
+
+
+def _drop_severity_copies(log_dir, pid):
+    """glog also writes every WARNING and ERROR line to a file of that severity (and a symlink to it);
+    the renamed INFO file holds those lines too, so at a normal exit this process's copies are removed
+    and its log is the one file asked for. (A crash leaves them, and its FATAL file, beside it.)"""
+    log_dir = Path(log_dir)
+    for severity in SEVERITY_COPIES:
+        for copy in log_dir.glob(f"*.log.{severity}.*.{pid}"):
+            copy.unlink(missing_ok=True)
+        for link in log_dir.glob(f"*.{severity}"):
+            if link.is_symlink() and not link.exists():
+                link.unlink()
 
 
 def config_lines(title, config):
