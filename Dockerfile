@@ -18,8 +18,9 @@
 # Why CUDA 11.8 for the TITAN X image (docs/ENGINE.md, "Images"): CUDA 13 no longer compiles for
 # sm_52/sm_61, and NVIDIA's PyPI wheels hold no CUDA 11/12 nvcc. With podman (FROM the debootstrap
 # base) it comes from Debian's non-free archive, with cuDNN 9.10 and NCCL from NVIDIA's CUDA 11
-# wheels (engine/cuda_wheels.txt [cuda11]). The defaults below are for the Docker-daemon builds FROM
-# nvidia/cuda:11.8 / 12.6 bases (CUDA_LIBS=toolkit), whose toolkits hold neither cuDNN nor NCCL:
+# wheels (engine/cuda_wheels.txt [cuda11]); `make docker` with a Docker daemon takes the same wheels
+# FROM nvidia/cuda:11.8 (engine/images/build.sh). The defaults below are for a plain `docker build`
+# FROM an nvidia/cuda base (CUDA_LIBS=toolkit), whose toolkit holds neither cuDNN nor NCCL:
 # USE_CUDNN=0 USE_NCCL=0 there, and Caffe's own CUDA kernels (im2col + cuBLAS GEMM) run every layer.
 #
 # An engine cache mounted at /opt/engine-seed during the build (engine/images/build.sh does it with

@@ -319,3 +319,31 @@ def test_caffe_cli_names_an_lmdb_it_cannot_open(tmp_path, caffe_cli):
     rc, log = run_cli(caffe_cli, ["time", "-model", "net.prototxt", "-iterations", "1"], tmp_path, tmp_path)
     assert rc != 0, log
     assert f"cannot open LMDB {missing}: No such file or directory" in log, log
+
+
+@pytest.mark.parametrize("target, base, expected", [
+    ("titanx", "nvidia/cuda:11.8.0-devel-ubuntu22.04",
+     ["CUDA=1", "CUDA_ARCH_BIN=52 61", "CUDA_LIBS=wheels", "USE_CUDNN=1", "USE_NCCL=1"]),
+    ("current", "nvidia/cuda:12.6.3-devel-ubuntu22.04", ["CUDA=1", "CUDA_ARCH_BIN=70 75 80 86 89 90"]),
+    ("cpu", "debian:12", ["CUDA=0", "CUDA_ARCH_BIN=", "CUDA_LIBS=", "USE_CUDNN=", "USE_NCCL="]),
+])
+def test_the_docker_daemon_path_builds_each_image_with_its_base_and_settings(root, tmp_path, target, base, expected):
+    """No Docker daemon runs here, so `make docker*` with one is checked through a stand-in `docker`
+    that records its arguments: the image's base and build arguments, as docs/ENGINE.md's table says."""
+    import os
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > {calls}\n')
+    (bin_dir / "docker").chmod(0o755)
+    out = subprocess.run(["bash", str(root / "engine/images/build.sh"), target], capture_output=True, text=True,
+                         env=dict(os.environ, IMAGE_BUILDER="docker", PATH=f"{bin_dir}:{os.environ['PATH']}"),
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    args = calls.read_text().splitlines()
+    assert args[0] == "build" and args[-1] == "." and args[args.index("-t") + 1] == f"virality-caffe:{target}"
+    build_args = [args[i + 1] for i, a in enumerate(args) if a == "--build-arg"]
+    assert f"BASE={base}" in build_args
+    assert [a for a in build_args if a.split("=")[0] in {e.split("=")[0] for e in expected}] == expected
+    if target == "current":       # its CUDA 12.6 toolkit has neither, and cuda_wheels.txt no [cuda12]
+        assert not any(a.startswith(("USE_CUDNN=", "CUDA_LIBS=")) for a in build_args)
