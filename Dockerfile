@@ -18,8 +18,9 @@
 # Why CUDA 11.8 for the TITAN X image (docs/ENGINE.md, "Images"): CUDA 13 no longer compiles for
 # sm_52/sm_61, and NVIDIA's PyPI wheels hold no CUDA 11/12 nvcc. With podman (FROM the debootstrap
 # base) it comes from Debian's non-free archive, with cuDNN 9.10 and NCCL from NVIDIA's CUDA 11
-# wheels (engine/cuda_wheels.txt [cuda11]); `make docker` with a Docker daemon takes the same wheels
-# FROM nvidia/cuda:11.8 (engine/images/build.sh). The defaults below are for a plain `docker build`
+# wheels (engine/cuda_wheels.txt [cuda11]); `make docker` / `make docker-current` with a Docker daemon
+# take the wheels of their base's CUDA (11.8 / 12.6: [cuda11] / [cuda12]; engine/images/build.sh).
+# The defaults below are for a plain `docker build`
 # FROM an nvidia/cuda base (CUDA_LIBS=toolkit), whose toolkit holds neither cuDNN nor NCCL:
 # USE_CUDNN=0 USE_NCCL=0 there, and Caffe's own CUDA kernels (im2col + cuBLAS GEMM) run every layer.
 #

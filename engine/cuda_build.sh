@@ -12,7 +12,7 @@
 # 0009 makes Caffe's cuDNN <= 7 code build with cuDNN 8 and 9); USE_NCCL=1 (default) builds
 # Caffe's NCCL support (caffe.NCCL, tools/train.py --gpus). CUDA_LIBS=wheels (default): cuBLAS,
 # cuRAND, cuDNN and NCCL from NVIDIA's PyPI wheels pinned in engine/cuda_wheels.txt, the section
-# of nvcc's CUDA major version ([cuda13], [cuda11]); CUDA_LIBS=toolkit: cuBLAS/cuRAND from the CUDA
+# of nvcc's CUDA major version ([cuda13], [cuda12], [cuda11]); CUDA_LIBS=toolkit: cuBLAS/cuRAND from the CUDA
 # toolkit, cuDNN and NCCL where Caffe's CMake finds them (the toolkit's include directory,
 # CUDNN_ROOT, NCCL_DIR). CUDA_HOST_COMPILER: the C compiler nvcc runs (CMake's FindCUDA otherwise
 # passes the C compiler of the build, which CUDA 11.8's nvcc refuses past gcc 11; the TITAN X

@@ -137,17 +137,17 @@ def test_each_cuda_major_version_gets_the_pins_of_its_own_section(root, tmp_path
     requirement lines of its nvcc's section only (comments and the other sections left out), and a
     version without a section gets none (build_caffe.sh then stops, the test above)."""
     text = (root / "engine/cuda_wheels.txt").read_text().splitlines()
-    expected = {13: [], 11: []}
+    expected = {13: [], 12: [], 11: []}
     section = None
     for line in text:                       # the format, parsed independently of cuda_build.sh
         if line.startswith("[cuda") and line.endswith("]"):
             section = int(line[5:-1])
         elif section is not None and line.strip() and not line.startswith("#"):
             expected[section].append(line)
-    assert expected[13] and expected[11]
-    assert all("-cu11==" in pin for pin in expected[11])
+    assert expected[13] and expected[12] and expected[11]
+    assert all("-cu11==" in pin for pin in expected[11]) and all("-cu12==" in pin for pin in expected[12])
     assert any(pin.startswith("nvidia-cudnn-cu13==") for pin in expected[13])
-    for major, pins in [*expected.items(), (12, [])]:
+    for major, pins in [*expected.items(), (10, [])]:
         out = subprocess.run(["bash", "-c", f'HERE="$1"; source "$1/cuda_build.sh"; wheel_pins {major}', "-",
                               str(root / "engine")], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -191,9 +191,14 @@ def test_cuda_only_inputs_change_cuda_keys_and_leave_the_cpu_key_alone(root, tmp
         assert key(setting) == cpu_key, f"{setting} changed the CPU key"
     rc, log = _check(engine, root, {**cuda, "USE_CUDNN": "yes"})
     assert rc != 0 and "USE_CUDNN='yes'" in log, log
+    _fake_nvcc(tmp_path / "bin10", "10.2")
+    rc, log = _check(engine, root, {"CUDA": "1", "PATH": f"{tmp_path / 'bin10'}:{os.environ['PATH']}"})
+    assert rc != 0 and "cuda_wheels.txt pins no wheels for CUDA 10 (nvcc is CUDA 10.2; it has sections for CUDA 13 12 11)" in log, log
+    # nvcc 12.6 (a host's CUDA 12, the Docker-daemon current image) takes [cuda12]: a key of its own.
     _fake_nvcc(tmp_path / "bin12", "12.6")
-    rc, log = _check(engine, root, {"CUDA": "1", "PATH": f"{tmp_path / 'bin12'}:{os.environ['PATH']}"})
-    assert rc != 0 and "cuda_wheels.txt pins no wheels for CUDA 12 (nvcc is CUDA 12.6; it has sections for CUDA 13 11)" in log, log
+    cuda12 = {"CUDA": "1", "PATH": f"{tmp_path / 'bin12'}:{os.environ['PATH']}"}
+    assert key(cuda12) not in seen
+    seen.add(key(cuda12))
     # nvcc 11.8 (the TITAN X image) takes the [cuda11] section: a key of its own.
     _fake_nvcc(tmp_path / "bin11", "11.8")
     cuda11 = {"CUDA": "1", "PATH": f"{tmp_path / 'bin11'}:{os.environ['PATH']}"}
@@ -324,7 +329,8 @@ def test_caffe_cli_names_an_lmdb_it_cannot_open(tmp_path, caffe_cli):
 @pytest.mark.parametrize("target, base, expected", [
     ("titanx", "nvidia/cuda:11.8.0-devel-ubuntu22.04",
      ["CUDA=1", "CUDA_ARCH_BIN=52 61", "CUDA_LIBS=wheels", "USE_CUDNN=1", "USE_NCCL=1"]),
-    ("current", "nvidia/cuda:12.6.3-devel-ubuntu22.04", ["CUDA=1", "CUDA_ARCH_BIN=70 75 80 86 89 90"]),
+    ("current", "nvidia/cuda:12.6.3-devel-ubuntu22.04",
+     ["CUDA=1", "CUDA_ARCH_BIN=70 75 80 86 89 90", "CUDA_LIBS=wheels", "USE_CUDNN=1", "USE_NCCL=1"]),
     ("cpu", "debian:12", ["CUDA=0", "CUDA_ARCH_BIN=", "CUDA_LIBS=", "USE_CUDNN=", "USE_NCCL="]),
 ])
 def test_the_docker_daemon_path_builds_each_image_with_its_base_and_settings(root, tmp_path, target, base, expected):
@@ -345,5 +351,3 @@ def test_the_docker_daemon_path_builds_each_image_with_its_base_and_settings(roo
     build_args = [args[i + 1] for i, a in enumerate(args) if a == "--build-arg"]
     assert f"BASE={base}" in build_args
     assert [a for a in build_args if a.split("=")[0] in {e.split("=")[0] for e in expected}] == expected
-    if target == "current":       # its CUDA 12.6 toolkit has neither, and cuda_wheels.txt no [cuda12]
-        assert not any(a.startswith(("USE_CUDNN=", "CUDA_LIBS=")) for a in build_args)

@@ -36,12 +36,13 @@ case "$target" in
     # bases): `make caffe CUDA=1` in it then gets the engine's defaults, as on a host.
     cpu)     tag=virality-caffe:cpu;     docker_base=debian:12
              cuda=(--build-arg CUDA=0 --build-arg CUDA_ARCH_BIN= --build-arg CUDA_LIBS= --build-arg USE_CUDNN= --build-arg USE_NCCL=) ;;
-    # docker: the nvidia/cuda 11.8 base's nvcc (and Ubuntu 22.04's gcc 11), cuBLAS, cuRAND, cuDNN 9.10
-    # and NCCL from the CUDA 11 wheels, as the podman build takes them (engine/cuda_wheels.txt [cuda11]).
+    # docker: the nvidia/cuda base's nvcc (11.8 / 12.6, with Ubuntu 22.04's gcc 11); cuBLAS, cuRAND, cuDNN
+    # and NCCL from the wheels of that CUDA major version (engine/cuda_wheels.txt [cuda11] / [cuda12]).
     titanx)  tag=virality-caffe:titanx;  cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=52 61"
                                                --build-arg CUDA_LIBS=wheels --build-arg USE_CUDNN=1 --build-arg USE_NCCL=1)
              docker_base=nvidia/cuda:11.8.0-devel-ubuntu22.04 ;;
-    current) tag=virality-caffe:current; cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=70 75 80 86 89 90")
+    current) tag=virality-caffe:current; cuda=(--build-arg CUDA=1 --build-arg "CUDA_ARCH_BIN=70 75 80 86 89 90"
+                                               --build-arg CUDA_LIBS=wheels --build-arg USE_CUDNN=1 --build-arg USE_NCCL=1)
              docker_base=nvidia/cuda:12.6.3-devel-ubuntu22.04 ;;
     *) die "usage: engine/images/build.sh cpu|titanx|current [builder arguments]" ;;
 esac
