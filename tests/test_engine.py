@@ -351,3 +351,38 @@ def test_the_docker_daemon_path_builds_each_image_with_its_base_and_settings(roo
     build_args = [args[i + 1] for i, a in enumerate(args) if a == "--build-arg"]
     assert f"BASE={base}" in build_args
     assert [a for a in build_args if a.split("=")[0] in {e.split("=")[0] for e in expected}] == expected
+
+
+def test_a_podman_build_reads_a_snapshot_of_the_tree_not_the_tree(root, tmp_path):
+    """engine/images/context.sh: what git tracks (as edited on disk) and untracked files git does not
+    ignore; ignored and deleted files left out; and later edits of the tree do not reach the snapshot."""
+    import os
+    import shutil
+    repo = tmp_path / "repo"
+    (repo / "engine/images").mkdir(parents=True)
+    shutil.copy(root / "engine/images/context.sh", repo / "engine/images/context.sh")
+    (repo / ".gitignore").write_text("data/\n*.log\n")
+    for name, text in {"Dockerfile": "FROM x\n", "tracked.txt": "old\n", "gone.txt": "x\n", "sub/b.txt": "b\n"}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True,  # noqa: E731
+                                    env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+                                             GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"))
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    (repo / "tracked.txt").write_text("edited\n")
+    (repo / "gone.txt").unlink()
+    (repo / "new.txt").write_text("new\n")
+    (repo / "data").mkdir()
+    (repo / "data/big.bin").write_text("ignored\n")
+    (repo / "run.log").write_text("ignored\n")
+    out = subprocess.run(["bash", str(repo / "engine/images/context.sh"), str(tmp_path / "ctx")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ctx = tmp_path / "ctx"
+    files = sorted(str(p.relative_to(ctx)) for p in ctx.rglob("*") if p.is_file())
+    assert files == [".gitignore", "Dockerfile", "engine/images/context.sh", "new.txt", "sub/b.txt", "tracked.txt"]
+    assert (ctx / "tracked.txt").read_text() == "edited\n"
+    (repo / "tracked.txt").write_text("edited during the build\n")
+    assert (ctx / "tracked.txt").read_text() == "edited\n"

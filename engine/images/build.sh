@@ -92,10 +92,15 @@ case "$builder" in
             log "pip in the build trusts $ca (mounted read-only; BUILD_CA= for none)"
             args+=(--volume "$(readlink -f "$ca"):/opt/build-ca/ca.crt:ro" --build-arg PIP_CERT=/opt/build-ca/ca.crt)
         fi
-        iid="$(mktemp)"; trap 'rm -f "$iid"' EXIT
+        iid="$(mktemp)"; ctx="$(mktemp -d)"; trap 'rm -rf "$iid" "$ctx"' EXIT
         args+=(--iidfile "$iid")
-        log "podman build $tag FROM $BASE_IMAGE"
-        podman ${PODMAN_STORAGE_DRIVER:+--storage-driver "$PODMAN_STORAGE_DRIVER"} build "${args[@]}" "${cuda[@]}" -t "$tag" "$@" .
+        # podman reads the context at each COPY step: the build reads a snapshot taken now (context.sh).
+        bash "$HERE/context.sh" "$ctx"
+        revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+        if [[ -n "$(git status --porcelain 2>/dev/null)" ]]; then revision+="+local-changes"; fi
+        log "podman build $tag FROM $BASE_IMAGE, from a snapshot of the tree at $revision"
+        podman ${PODMAN_STORAGE_DRIVER:+--storage-driver "$PODMAN_STORAGE_DRIVER"} build "${args[@]}" "${cuda[@]}" \
+            --label "org.opencontainers.image.revision=$revision" -f "$ctx/Dockerfile" -t "$tag" "$@" "$ctx"
         ;;
     *) die "IMAGE_BUILDER='$builder': use docker or podman" ;;
 esac
