@@ -58,9 +58,12 @@ RUN apt-get update -q && apt-get install -y -q --no-install-recommends make ca-c
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/virality-caffe
-# The recipe first, so the engine layer is cached across changes to the rest of the project.
+# The recipe first, so the engine layer is cached across changes to the rest of the project. Only
+# the engine's own files: engine/images/ (how images are built and run) comes with the rest below,
+# so that editing it rebuilds no engine.
 COPY Makefile requirements.txt ./
-COPY engine/ engine/
+COPY engine/SHA256SUMS engine/*.txt engine/*.sh engine/
+COPY engine/patches/ engine/patches/
 RUN make sysdeps && make venv
 # GPU images FROM the debootstrap base: the CUDA toolkit (nvcc) of docker/<CUDA_TOOLKIT>
 # (docker/cuda_toolkit.sh): CUDA 13.0 from NVIDIA's PyPI wheels (cuda13-toolkit.txt) or CUDA 11.8
