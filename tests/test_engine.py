@@ -358,6 +358,8 @@ def test_a_podman_build_reads_a_snapshot_of_the_tree_not_the_tree(root, tmp_path
     ignore; ignored and deleted files left out; and later edits of the tree do not reach the snapshot."""
     import os
     import shutil
+    if shutil.which("git") is None:
+        pytest.skip("no git here (the images have none): the next test checks context.sh without it")
     repo = tmp_path / "repo"
     (repo / "engine/images").mkdir(parents=True)
     shutil.copy(root / "engine/images/context.sh", repo / "engine/images/context.sh")
@@ -386,3 +388,19 @@ def test_a_podman_build_reads_a_snapshot_of_the_tree_not_the_tree(root, tmp_path
     assert (ctx / "tracked.txt").read_text() == "edited\n"
     (repo / "tracked.txt").write_text("edited during the build\n")
     assert (ctx / "tracked.txt").read_text() == "edited\n"
+
+
+def test_outside_a_git_checkout_the_snapshot_is_every_file_but_git_s(root, tmp_path):
+    import shutil
+    tree = tmp_path / "tree"
+    (tree / "engine/images").mkdir(parents=True)
+    shutil.copy(root / "engine/images/context.sh", tree / "engine/images/context.sh")
+    for name in ("Dockerfile", "sub/a.txt", ".git/config"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(name)
+    out = subprocess.run(["bash", str(tree / "engine/images/context.sh"), str(tmp_path / "ctx")],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "GIT_CEILING_DIRECTORIES": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    files = sorted(str(p.relative_to(tmp_path / "ctx")) for p in (tmp_path / "ctx").rglob("*") if p.is_file())
+    assert files == ["Dockerfile", "engine/images/context.sh", "sub/a.txt"]
