@@ -37,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 import feeds  # noqa: E402  (bench/feeds.py: the synthetic JPEGs)
 from virality.data.imagestore import build_image_store  # noqa: E402
 from virality.data.pair_batches import ImageSource, PairBatcher, Prefetcher  # noqa: E402
@@ -108,13 +107,6 @@ def measure_all(pairs_per_batch, crop, images, step_ms, workers, iters, log=prin
                     f"{row['pairs_per_s']:7.0f} pairs/s")
     return {"pairs": pairs_per_batch, "crop": crop, "images": images, "cores": os.cpu_count(),
             "published_step_ms": dict(PUBLISHED_STEP_MS), "rows": rows}
-
-
-def run(runner, base, quick):
-    """Called by bench/run.py (section ``gpufeed``): measure in a child process on the project's engine's
-    environment, return the dict of ``measure_all``."""
-    return common.run_json([sys.executable, __file__] + (["--quick"] if quick else []),
-                           common.engine_env(runner.engines[base["engine"]], base["env"]))
 
 
 def main():

@@ -27,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
-import common  # noqa: E402
 
 ALEX_MEAN = [104.007, 116.669, 122.679]
 
@@ -176,13 +175,6 @@ def main():
                 res[name] = {"skipped": f"{type(err).__name__}: {err}".splitlines()[0][:300],
                              "trace": traceback.format_exc()[-1500:]}
     print(json.dumps(res))
-
-
-def run(runner, base, quick):
-    """Called by bench/run.py: measure in a child process, return rows for the report."""
-    res = common.run_json([sys.executable, __file__] + (["--quick"] if quick else []),
-                          common.engine_env(runner.engines[base["engine"]], base["env"]))
-    return res
 
 
 if __name__ == "__main__":

@@ -294,7 +294,7 @@ def render(res):
     feed_rows = feed_lines(feeds, caffe_pps, tiny_pps)
     for row in feed_rows["targets"]:
         rows.append((row[0], row[1], row[2], "-", "-"))
-    gpu_feed = gpufeed_lines(res.get("gpufeed"), added_note(res, "gpufeed"))
+    gpu_feed = gpufeed_lines(res.get("gpufeed"))
     for row in gpu_feed["targets"]:
         rows.append((row[0], row[1], row[2], "-", "3b. beside a GPU step"))
     judged = [r for r in rows if r[2] is not None]
@@ -441,18 +441,17 @@ def render(res):
     # ---- 3 / 4
     w("### 3. Data feed and 4. pair sampling")
     w("")
-    note = added_note(res, "feeds")
-    if note:
-        w(note)
+    for section, lines in (("feeds", feed_rows["lines"]), ("gpufeed", gpu_feed["lines"])):
+        if section == "gpufeed":
+            w("### 3b. The pair-index feed beside a GPU step: a thread or worker processes")
+            w("")
+        note = added_note(res, section)
+        if note:
+            w(note)
+            w("")
+        for line in lines:
+            w(line)
         w("")
-    for line in feed_rows["lines"]:
-        w(line)
-    w("")
-    w("### 3b. The pair-index feed beside a GPU step: a thread or worker processes")
-    w("")
-    for line in gpu_feed["lines"]:
-        w(line)
-    w("")
     return hardware.cpu_key(cpu), summary, "\n".join(L)
 
 
@@ -747,7 +746,7 @@ def feed_lines(feeds, alex_pps, tiny_pps):
 TARGET_FEED_WAIT = 0.10
 
 
-def gpufeed_lines(gf, note=""):
+def gpufeed_lines(gf):
     """Target rows and report lines for bench/feed_workers.py: the feed while a GIL-holding step runs."""
     if not gf or "error" in gf:
         why = (gf or {}).get("error", "not run")
@@ -755,7 +754,7 @@ def gpufeed_lines(gf, note=""):
                              f"not measured ({why})", None)],
                 "lines": [f"Not measured in this run ({why}); bench/feed_workers.py holds the measurement."]}
     published = gf["published_step_ms"]
-    lines = ([note, ""] if note else []) + [
+    lines = [
         f"`bench/feed_workers.py`: {gf['pairs']} pairs of {gf['crop']}px crops per batch from an in-memory image "
         f"store at 256 px ({gf['images']} synthetic JPEGs), {gf['cores']} cores. A GPU step holds Python's GIL "
         "while the CPU waits for the GPU (pycaffe does not release it), so it is stood in for by `usleep` called "

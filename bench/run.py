@@ -47,8 +47,12 @@ from common import ROOT, median  # noqa: E402
 PY = sys.executable
 WORKER = str(ROOT / "bench" / "caffe_worker.py")
 TORCH_WORKER = str(ROOT / "bench" / "torch_worker.py")
-#: Sections that stand alone (no AlexNet run needed), so `--add-to` can add them to an earlier run.
-ADDABLE = ("feeds", "gpufeed")
+#: Sections that stand alone (no AlexNet run needed), so `--add-to` can add them to an earlier run:
+#: name -> (the bench script that measures it in a child process, its last stdout line a JSON object;
+#: what the log calls it).
+STANDALONE = {"feeds": ("feeds.py", "data feed and pair sampling"),
+              "gpufeed": ("feed_workers.py", "pair-index feed beside a stand-in GPU step: thread vs worker processes")}
+ADDABLE = tuple(STANDALONE)
 
 
 def log(msg):
@@ -351,34 +355,26 @@ def main():
                                                         args.pairs, "--iters", 2 if quick else 3]),
         }
 
-    # 6. Hooks for the data feed and pair sampling (bench/feeds.py).
-    try:
-        if "feeds" not in sections:
-            raise RuntimeError("not asked for (--sections)")
-        import feeds
-        log("data feed and pair sampling")
-        res["feeds"] = feeds.run(runner, base, quick)
-    except Exception as err:  # the modules may not exist yet
-        res["feeds"] = {"error": f"{type(err).__name__}: {err}"}
-        log(f"data feed / pair sampling not measured: {err}")
-
-    res["gpufeed"] = measure_gpufeed(sections, runner, base, quick)
+    # 6. The data feeds and pair sampling (bench/feeds.py), the feed beside a GPU step (bench/feed_workers.py).
+    for name in ADDABLE:
+        res[name] = measure_standalone(name, sections, runner, base, quick)
 
     res["machine"]["loadavg_end"] = sh("cat /proc/loadavg")
     res["elapsed_s"] = time.time() - started
     write_results(res, args.json, args.out)
 
 
-def measure_gpufeed(sections, runner, base, quick):
-    """The pair-index feed beside a GPU-like step, thread vs worker processes (bench/feed_workers.py)."""
+def measure_standalone(name, sections, runner, base, quick):
+    """One of the ADDABLE sections, or ``{"error": why}`` when it was not asked for or failed."""
+    script, what = STANDALONE[name]
     try:
-        if "gpufeed" not in sections:
+        if name not in sections:
             raise RuntimeError("not asked for (--sections)")
-        import feed_workers
-        log("pair-index feed beside a stand-in GPU step: thread vs worker processes")
-        return feed_workers.run(runner, base, quick)
+        log(what)
+        return common.run_json([PY, str(ROOT / "bench" / script)] + (["--quick"] if quick else []),
+                               common.engine_env(runner.engines[base["engine"]], base["env"]))
     except Exception as err:
-        log(f"feed beside a GPU step not measured: {err}")
+        log(f"{what}: not measured: {err}")
         return {"error": f"{type(err).__name__}: {err}"}
 
 
@@ -399,23 +395,14 @@ def add_sections(path, sections, runner, variants, quick, machine, args):
     if then != now:
         raise SystemExit(f"bench: --add-to {path}: that run was on {then}, this machine is {now}; "
                          "a CPU's section holds only its own measurements: run `make bench` here")
-    base = variants[0]
-    added = res.setdefault("added", [])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    added = [a for a in res.get("added", []) if a["section"] not in sections]
     for name in sorted(sections):
-        res[name] = measure_gpufeed(sections, runner, base, quick) if name == "gpufeed" else \
-            _measure_feeds(runner, base, quick)
-        added = [a for a in added if a["section"] != name]
+        res[name] = measure_standalone(name, sections, runner, variants[0], quick)
         added.append({"section": name, "date": date, "quick": quick,
                       "command": " ".join(shlex.quote(a) for a in sys.argv), "loadavg": sh("cat /proc/loadavg")})
     res["added"] = added
     write_results(res, args.json, args.out)
-
-
-def _measure_feeds(runner, base, quick):
-    import feeds
-    log("data feed and pair sampling")
-    return feeds.run(runner, base, quick)
 
 
 def write_results(res, json_path, out):

@@ -338,7 +338,7 @@ def test_add_to_adds_the_section_names_it_and_keeps_the_rest(tmp_path, monkeypat
     import json
     old = tmp_path / "results.json"
     old.write_text(json.dumps(_results()))
-    monkeypatch.setattr(run, "measure_gpufeed", lambda sections, runner, base, quick: _gpufeed(4.05))
+    monkeypatch.setattr(run, "measure_standalone", lambda name, sections, runner, base, quick: _gpufeed(4.05))
     monkeypatch.setattr(sys, "argv", ["bench/run.py", "--add-to", str(old), "--sections", "gpufeed"])
     args = type("A", (), dict(json=str(tmp_path / "new.json"), out=str(tmp_path / "B.md")))()
     run.add_sections(str(old), {"gpufeed"}, None, [{}], True, _results()["machine"], args)

@@ -42,9 +42,7 @@ def caffe_logging(log_file=None, verbose=False):
     made = [p for p in log_file.parent.glob("*.log.INFO.*") if p.name.endswith(suffix)]
     if made:
         os.replace(made[0], log_file)            # glog keeps writing to the open file under the new name
-        for link in log_file.parent.glob("*.INFO"):
-            if link.is_symlink() and not link.exists():
-                link.unlink()
+        _drop_dangling_links(log_file.parent, "INFO")
     else:
         return None
     atexit.register(_drop_severity_copies, log_file.parent, os.getpid())
@@ -63,9 +61,14 @@ def _drop_severity_copies(log_dir, pid):
     for severity in SEVERITY_COPIES:
         for copy in log_dir.glob(f"*.log.{severity}.*.{pid}"):
             copy.unlink(missing_ok=True)
-        for link in log_dir.glob(f"*.{severity}"):
-            if link.is_symlink() and not link.exists():
-                link.unlink()
+        _drop_dangling_links(log_dir, severity)
+
+
+def _drop_dangling_links(log_dir, severity):
+    """glog's ``<program>.<SEVERITY>`` symlinks whose file is gone (renamed or removed)."""
+    for link in Path(log_dir).glob(f"*.{severity}"):
+        if link.is_symlink() and not link.exists():
+            link.unlink()
 
 
 def config_lines(title, config):
